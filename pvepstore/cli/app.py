@@ -1,0 +1,82 @@
+"""The typer application and ``main(args, env)``: the only code that knows argv and exit codes."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Sequence
+
+import click
+import typer
+
+from .. import __version__
+from ..errors import PvepstoreError
+from .environment import Environment
+from .status import ExitStatus, status_for
+
+app = typer.Typer(
+    name="pvepstore",
+    help="Crash and reboot reasons for Proxmox VE guests, kept on a pstore disk.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"pvepstore {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Show the version and exit.")) -> None:
+    """pvepstore reads, explains and forwards the pstore records of Proxmox VE guests."""
+
+
+def env_of(ctx: typer.Context) -> Environment:
+    """The Environment main() put in the click context (a default one when run bare)."""
+    root = ctx.find_root()
+    if not isinstance(root.obj, Environment):
+        root.obj = Environment()
+    return root.obj
+
+
+# Commands register themselves on `app` when their module is imported.
+from . import parse as _parse  # noqa: E402,F401
+
+
+def main(args: Sequence[str] | None = None, env: Environment | None = None) -> ExitStatus:
+    """Run the CLI with ``args`` (default: sys.argv[1:]) and return its exit status."""
+    env = env or Environment()
+    args = list(sys.argv[1:] if args is None else args)
+    command = typer.main.get_command(app)
+    try:
+        rv = command.main(args=args, prog_name=env.program_name, standalone_mode=False, obj=env)
+    except PvepstoreError as exc:
+        env.error(exc.message, exc.hint)
+        return status_for(exc)
+    except click.exceptions.Abort:
+        env.error("interrupted")
+        return ExitStatus.CTRL_C
+    except click.UsageError as exc:
+        env.error(exc.format_message(), "run with --help for usage")
+        return ExitStatus.USAGE
+    except click.ClickException as exc:
+        env.error(exc.format_message())
+        return ExitStatus.ERROR
+    except KeyboardInterrupt:
+        env.error("interrupted")
+        return ExitStatus.CTRL_C
+    except BrokenPipeError:
+        return ExitStatus.SUCCESS  # `pvepstore parse ... | head` is fine
+    except Exception as exc:  # a bug: say so plainly, with the traceback for the report
+        traceback.print_exc(file=env.stderr)
+        env.error(f"internal error: {type(exc).__name__}: {exc}",
+                  "this is a bug in pvepstore; please report it with the traceback above")
+        return ExitStatus.ERROR
+    if isinstance(rv, int):
+        return ExitStatus(rv) if rv in ExitStatus._value2member_map_ else ExitStatus.ERROR
+    return ExitStatus.SUCCESS

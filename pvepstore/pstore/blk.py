@@ -1,0 +1,270 @@
+"""Reader for the pstore/zone on-disk format written by pstore_blk.
+
+It reproduces what the guest kernel shows in /sys/fs/pstore when it reads the
+same device (fs/pstore/zone.c ``psz_recovery``/``psz_pstore_read``, inode.c,
+platform.c ``decompress_record``), byte for byte.  Every deviation from a valid
+zone becomes a :class:`Finding`, never an exception.  Only zone headers and the
+valid data are read: work is proportional to what is stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .discover import discover_layout
+from .inflate import inflate_raw
+from .layout import KMSG_HEADER, ZONE_HEADER, BlkLayout, BlkParams, Zone, compute_layout
+from .model import Finding, Kind, ParseResult, Record, Severity, reason_name
+from .source import ByteSource
+from .zoneformat import (BACKEND, FTRACE_REC, KINDS_BY_SIG, KMSG_HDR, KMSG_MAGIC, SIGNATURES,
+                         TS_CPU_SHIFT, ZONE_HDR)
+
+# A record can never legitimately be larger than this (the largest kmsg_size in
+# use is a few MiB); it bounds memory for hostile or mis-described images.
+MAX_RECORD_BYTES = 32 << 20
+# Zones visited at most (a 128 MiB device with 4 KiB zones has 32768).
+MAX_ZONES = 1 << 20
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    include_erased: bool = False
+    max_record_bytes: int = MAX_RECORD_BYTES
+    max_zones: int = MAX_ZONES
+
+
+def read_blk(source: ByteSource, params: BlkParams | None = None, *,
+             options: ReadOptions = ReadOptions(), image_offset: int = 0) -> ParseResult:
+    """Parse a pstore_blk device; ``params=None`` discovers the layout from signatures."""
+    findings: list[Finding] = []
+    if params is None:
+        layout, notes = discover_layout(source)
+        findings.extend(notes)
+    else:
+        layout, complaints = compute_layout(source.size, params)
+        for c in complaints:
+            findings.append(Finding(Severity.ERROR,
+                                    f"the kernel would refuse this device ({c}); parsed anyway"))
+    reader = _Reader(source, layout, options, findings)
+    records = reader.read_all()
+    return ParseResult(source=source.name, offset=image_offset, layout=layout,
+                       records=records, findings=findings, bytes_read=source.bytes_read)
+
+
+class _Reader:
+    def __init__(self, source: ByteSource, layout: BlkLayout, options: ReadOptions,
+                 findings: list[Finding]) -> None:
+        self.src = source
+        self.layout = layout
+        self.opt = options
+        self.findings = findings
+
+    def note(self, severity: Severity, message: str, zone: Zone | None = None) -> None:
+        self.findings.append(Finding(severity, message,
+                                     kind=zone.kind.value if zone else None,
+                                     zone=zone.index if zone else None,
+                                     offset=zone.offset if zone else None))
+
+    def read_all(self) -> list[Record]:
+        records: list[Record] = []
+        count = self.layout.dmesg_count
+        if count > self.opt.max_zones:
+            self.note(Severity.WARNING,
+                      f"{count} dmesg zones; only the first {self.opt.max_zones} were read")
+            count = self.opt.max_zones
+        for i in range(count):
+            rec = self.read_dmesg(self.layout.dmesg_zone(i))
+            if rec is not None:
+                records.append(rec)
+        # The kernel lists dmesg, then ftrace (combined), pmsg, console.
+        ftrace = self.read_ftrace(self.layout.zones(Kind.FTRACE))
+        if ftrace is not None:
+            records.append(ftrace)
+        for kind in (Kind.PMSG, Kind.CONSOLE):
+            for zone in self.layout.zones(kind):
+                rec = self.read_ring_record(zone)
+                if rec is not None:
+                    records.append(rec)
+        return records
+
+    # -- dmesg ------------------------------------------------------------------
+
+    def read_dmesg(self, zone: Zone) -> Record | None:
+        if self.src.is_hole(zone.offset, ZONE_HEADER + KMSG_HEADER):
+            return None  # never written: reads as zeros, no signature
+        raw = self.src.read_at(zone.offset, ZONE_HEADER + KMSG_HEADER)
+        if len(raw) < ZONE_HEADER + KMSG_HEADER:
+            self.note(Severity.ERROR, "zone header is past the end of the device "
+                      "(the kernel's recovery would fail and show no records)", zone)
+            return None
+        sig, datalen, _start = ZONE_HDR.unpack_from(raw)
+        if sig != SIGNATURES[Kind.DMESG]:
+            other = KINDS_BY_SIG.get(sig)
+            if other is not None:
+                self.note(Severity.INFO, f"stale {other.value} signature where the layout has "
+                          "a dmesg zone (written with other pstore_blk sizes?)", zone)
+            return None
+        if datalen < 0 or datalen > zone.buffer_size:
+            self.note(Severity.WARNING, f"overtop zone: datalen {datalen} outside "
+                      f"0..{zone.buffer_size}; skipped as the kernel does", zone)
+            return None
+        magic, sec, nsec, compressed, counter, reason = KMSG_HDR.unpack_from(raw, ZONE_HEADER)
+        if magic != KMSG_MAGIC:
+            self.note(Severity.WARNING, f"invalid zone: kmsg magic {magic:#010x}; "
+                      "skipped as the kernel does", zone)
+            return None
+        meta = dict(reason=reason_name(reason), reason_code=reason,
+                    counter=_s32(counter), time_sec=sec, time_nsec=nsec,
+                    compressed=bool(compressed))
+        if datalen == 0:
+            return self.recover_erased_dmesg(zone, meta) if self.opt.include_erased else None
+        if datalen < KMSG_HEADER:
+            self.note(Severity.WARNING, f"datalen {datalen} is smaller than the kmsg header; "
+                      "skipped (the kernel would fail to read this record)", zone)
+            return None
+        size = datalen - KMSG_HEADER
+        if size > self.opt.max_record_bytes:
+            self.note(Severity.WARNING, f"record of {size} bytes exceeds the "
+                      f"{self.opt.max_record_bytes}-byte limit; skipped", zone)
+            return None
+        payload = self.src.read_at(zone.offset + ZONE_HEADER + KMSG_HEADER, size)
+        name = f"dmesg-{BACKEND}-{zone.index}"
+        if compressed:
+            limit = min(3 * (zone.buffer_size - KMSG_HEADER), self.opt.max_record_bytes)
+            result = inflate_raw(payload, limit)
+            if result.data is None:
+                # decompress_record() failed: the kernel keeps the raw bytes as .enc.z
+                self.note(Severity.WARNING, f"compressed record cannot be decompressed: "
+                          f"{result.error}; kept raw as {name}.enc.z, as the kernel does", zone)
+                return self.dmesg_record(zone, name + ".enc.z", payload, meta)
+            return self.dmesg_record(zone, name, result.data, meta)
+        # psz_kmsg_read() prepends this line for uncompressed records only.
+        header = f"{meta['reason']}: Total {meta['counter']} times\n".encode()
+        return self.dmesg_record(zone, name, header + payload, meta)
+
+    def recover_erased_dmesg(self, zone: Zone, meta: dict) -> Record | None:
+        """Forensic: an unlinked record keeps its kmsg header and payload on disk."""
+        room = min(zone.buffer_size - KMSG_HEADER, self.opt.max_record_bytes)
+        payload = self.src.read_at(zone.offset + ZONE_HEADER + KMSG_HEADER, room)
+        name = f"dmesg-{BACKEND}-{zone.index}"
+        if meta["compressed"]:
+            result = inflate_raw(payload, min(3 * room, self.opt.max_record_bytes))
+            if result.data is None:
+                self.note(Severity.INFO, f"erased record not recoverable: {result.error}", zone)
+                return None
+            data = result.data
+        else:
+            data = payload.rstrip(b"\0")  # dmesg zones are zero-filled past the payload
+        if not data:
+            return None
+        self.note(Severity.INFO, "erased record recovered (not shown by the kernel)", zone)
+        return self.dmesg_record(zone, name, data, meta, erased=True)
+
+    def dmesg_record(self, zone: Zone, name: str, data: bytes, meta: dict,
+                     erased: bool = False) -> Record:
+        return Record(name=name, kind=Kind.DMESG, backend=BACKEND, zone=zone.index,
+                      offset=zone.offset, data=data, erased=erased, **meta)
+
+    # -- console / pmsg / ftrace rings ------------------------------------------
+
+    def read_ring(self, zone: Zone) -> tuple[bytes, bool] | None:
+        """Return (chronological bytes, erased) of a ring zone as psz_recover_zone() reads it."""
+        if self.src.is_hole(zone.offset, ZONE_HEADER):
+            return None
+        raw = self.src.read_at(zone.offset, ZONE_HEADER)
+        if len(raw) < ZONE_HEADER:
+            self.note(Severity.ERROR, "zone header is past the end of the device", zone)
+            return None
+        sig, datalen, start = ZONE_HDR.unpack_from(raw)
+        if sig != SIGNATURES[zone.kind]:
+            return None
+        bufsize = zone.buffer_size
+        if not (0 <= datalen <= bufsize) or not (0 <= start <= bufsize):
+            self.note(Severity.WARNING, f"overtop zone: datalen {datalen}, start {start} outside "
+                      f"0..{bufsize}; skipped as the kernel does", zone)
+            return None
+        data_off = zone.offset + ZONE_HEADER
+        if datalen == 0:
+            if not self.opt.include_erased:
+                return None
+            # Forensic: an erased ring keeps its old bytes; the unused tail is 0xFF.
+            old = self.src.read_at(data_off, min(bufsize, self.opt.max_record_bytes))
+            old = old.rstrip(b"\xff").rstrip(b"\0")
+            if not old:
+                return None
+            self.note(Severity.INFO, "erased ring contents recovered (order not guaranteed; "
+                      "not shown by the kernel)", zone)
+            return old, True
+        if start > datalen:
+            self.note(Severity.ERROR, f"corrupt ring header (start {start} > datalen {datalen}): "
+                      "the guest kernel's recovery fails on this zone, so it shows no records "
+                      "and writes nothing until the zone is erased; salvaged data[0:datalen]", zone)
+            return self.src.read_at(data_off, datalen), False
+        if datalen == start and datalen < bufsize:
+            tail = self.src.read_at(data_off + datalen, min(64, bufsize - datalen))
+            if tail.strip(b"\xff\0"):
+                self.note(Severity.INFO, "ring header may be torn (datalen == start and old "
+                          "data follows): older text may exist past datalen", zone)
+        newer = self.src.read_at(data_off + start, datalen - start)
+        older = self.src.read_at(data_off, start)
+        return newer + older, False
+
+    def read_ring_record(self, zone: Zone) -> Record | None:
+        got = self.read_ring(zone)
+        if got is None:
+            return None
+        data, erased = got
+        return Record(name=f"{zone.kind.value}-{BACKEND}-{zone.index}", kind=zone.kind,
+                      backend=BACKEND, zone=zone.index, offset=zone.offset, data=data,
+                      erased=erased)
+
+    def read_ftrace(self, zones: list[Zone]) -> Record | None:
+        """Merge per-CPU ftrace rings as pstore_ftrace_combine_log() does.
+
+        The kernel renders the file with symbol names (``%ps``) from its own
+        kallsyms; the host has none, so addresses are printed in hex instead.
+        """
+        if not zones:
+            return None
+        merged: list[tuple[int, int, int]] = []
+        erased_any = False
+        for zone in zones:
+            got = self.read_ring(zone)
+            if got is None:
+                continue
+            data, erased = got
+            erased_any |= erased
+            skip = len(data) % FTRACE_REC.size
+            src = [FTRACE_REC.unpack_from(data, off)
+                   for off in range(skip, len(data), FTRACE_REC.size)]
+            merged = _merge_by_timestamp(merged, src)
+        if not merged:
+            return None
+        lines = []
+        for ip, parent, ts in merged:
+            lines.append(f"CPU:{ts & 0xFF} ts:{ts >> TS_CPU_SHIFT} {ip:08x}  {parent:08x}  "
+                         f"{ip:#x} <- {parent:#x}\n")
+        self.note(Severity.INFO, "ftrace addresses shown in hex: the kernel resolves them "
+                  "with its own symbol table", zones[0])
+        return Record(name=f"ftrace-{BACKEND}-0", kind=Kind.FTRACE, backend=BACKEND, zone=0,
+                      offset=zones[0].offset, data="".join(lines).encode(), erased=erased_any)
+
+
+def _merge_by_timestamp(dest: list, src: list) -> list:
+    """pstore_ftrace_combine_log(): take dest only when strictly older, else src."""
+    out, i, j = [], 0, 0
+    while i < len(dest) and j < len(src):
+        if dest[i][2] >> TS_CPU_SHIFT < src[j][2] >> TS_CPU_SHIFT:
+            out.append(dest[i])
+            i += 1
+        else:
+            out.append(src[j])
+            j += 1
+    out.extend(dest[i:])
+    out.extend(src[j:])
+    return out
+
+
+def _s32(value: int) -> int:
+    """The kernel prints the u32 counter through an ``int`` with %d."""
+    return value - (1 << 32) if value >= 1 << 31 else value

@@ -1,0 +1,145 @@
+"""Result types shared by every pstore backend reader (pstore_blk now, ramoops later)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+
+
+class Kind(str, Enum):
+    """pstore front-ends, named as in /sys/fs/pstore (``pstore_type_to_name``)."""
+
+    DMESG = "dmesg"
+    CONSOLE = "console"
+    FTRACE = "ftrace"
+    PMSG = "pmsg"
+
+
+# enum kmsg_dump_reason (include/linux/kmsg_dump.h, identical 5.8 → 6.19) and the
+# strings of kmsg_dump_reason_str() (kernel/printk/printk.c).
+REASONS = {1: "Panic", 2: "Oops", 3: "Emergency", 4: "Shutdown"}
+
+
+def reason_name(code: int) -> str:
+    return REASONS.get(code, "Unknown")
+
+
+class Severity(str, Enum):
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Something notable or malformed in the image, tied to where it was seen."""
+
+    severity: Severity
+    message: str
+    kind: str | None = None
+    zone: int | None = None
+    offset: int | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "severity": self.severity.value,
+            "message": self.message,
+            "kind": self.kind,
+            "zone": self.zone,
+            "offset": self.offset,
+        }
+
+
+@dataclass(frozen=True)
+class Record:
+    """One pstore record, with ``data`` exactly as the kernel presents it in /sys/fs/pstore.
+
+    ``offset`` is the byte offset of the zone within the parsed device (add the
+    image offset for a position in the image file).  ``compressed`` is the on-disk
+    flag; ``name`` ends in ``.enc.z`` (and ``data`` is the raw compressed bytes)
+    exactly where the kernel could not decompress the record either.
+    """
+
+    name: str
+    kind: Kind
+    backend: str
+    zone: int
+    offset: int
+    data: bytes
+    reason: str | None = None
+    reason_code: int | None = None
+    counter: int | None = None
+    time_sec: int | None = None
+    time_nsec: int | None = None
+    compressed: bool = False
+    erased: bool = False
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+    @property
+    def time(self) -> datetime | None:
+        """Dump time (guest CLOCK_REALTIME, UTC); None when the kernel stored 0 or nonsense."""
+        if not self.time_sec or self.time_sec < 0:
+            return None
+        try:
+            ts = datetime.fromtimestamp(self.time_sec, tz=timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            return None
+        nsec = self.time_nsec if self.time_nsec and 0 <= self.time_nsec < 1_000_000_000 else 0
+        return ts.replace(microsecond=nsec // 1000)
+
+    @property
+    def text(self) -> str:
+        """The data decoded for humans (invalid UTF-8 replaced); never for byte comparison."""
+        return self.data.decode("utf-8", errors="replace")
+
+    def to_json(self, *, include_text: bool = True) -> dict:
+        t = self.time
+        doc = {
+            "name": self.name,
+            "kind": self.kind.value,
+            "backend": self.backend,
+            "zone": self.zone,
+            "offset": self.offset,
+            "reason": self.reason,
+            "reason_code": self.reason_code,
+            "counter": self.counter,
+            "time": t.isoformat().replace("+00:00", "Z") if t else None,
+            "compressed": self.compressed,
+            "erased": self.erased,
+            "size": self.size,
+            "sha256": self.sha256,
+        }
+        if include_text:
+            doc["text"] = self.text
+        return doc
+
+
+@dataclass
+class ParseResult:
+    """What a reader found in one device: its layout, records and findings."""
+
+    source: str
+    offset: int
+    layout: "object"  # a backend-specific layout with a to_json() method
+    records: list[Record] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    bytes_read: int = 0
+
+    def to_json(self, *, include_text: bool = True) -> dict:
+        return {
+            "image": self.source,
+            "offset": self.offset,
+            "layout": self.layout.to_json(),
+            "records": [r.to_json(include_text=include_text) for r in self.records],
+            "findings": [f.to_json() for f in self.findings],
+            "bytes_read": self.bytes_read,
+        }
