@@ -24,9 +24,17 @@ app = typer.Typer(
 )
 
 
-def _version(value: bool) -> None:
+def env_of(ctx: typer.Context) -> Environment:
+    """The Environment main() put in the click context (a default one when run bare)."""
+    root = ctx.find_root()
+    if not isinstance(root.obj, Environment):
+        root.obj = Environment()
+    return root.obj
+
+
+def _version(ctx: typer.Context, value: bool) -> None:
     if value:
-        typer.echo(f"pvepstore {__version__}")
+        env_of(ctx).out(f"pvepstore {__version__}")
         raise typer.Exit()
 
 
@@ -34,14 +42,6 @@ def _version(value: bool) -> None:
 def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="Show the version and exit.")) -> None:
     """pvepstore reads, explains and forwards the pstore records of Proxmox VE guests."""
-
-
-def env_of(ctx: typer.Context) -> Environment:
-    """The Environment main() put in the click context (a default one when run bare)."""
-    root = ctx.find_root()
-    if not isinstance(root.obj, Environment):
-        root.obj = Environment()
-    return root.obj
 
 
 # Commands register themselves on `app` when their module is imported.
@@ -58,21 +58,20 @@ def main(args: Sequence[str] | None = None, env: Environment | None = None) -> E
     except PvepstoreError as exc:
         env.error(exc.message, exc.hint)
         return status_for(exc)
-    except click.exceptions.Abort:
-        env.error("interrupted")
-        return ExitStatus.CTRL_C
-    except click.UsageError as exc:
-        env.error(exc.format_message(), "run with --help for usage")
-        return ExitStatus.USAGE
-    except click.ClickException as exc:
-        env.error(exc.format_message())
-        return ExitStatus.ERROR
-    except KeyboardInterrupt:
+    except (typer.Abort, click.exceptions.Abort, KeyboardInterrupt):
         env.error("interrupted")
         return ExitStatus.CTRL_C
     except BrokenPipeError:
         return ExitStatus.SUCCESS  # `pvepstore parse ... | head` is fine
-    except Exception as exc:  # a bug: say so plainly, with the traceback for the report
+    except Exception as exc:
+        # Click's usage errors (typer may vendor its own click: match the API, not the class).
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            if exc.exit_code == ExitStatus.USAGE:
+                env.error(exc.format_message(), "run with --help for usage")
+                return ExitStatus.USAGE
+            env.error(exc.format_message())
+            return ExitStatus.ERROR
+        # Anything else is a bug: say so plainly, with the traceback for the report.
         traceback.print_exc(file=env.stderr)
         env.error(f"internal error: {type(exc).__name__}: {exc}",
                   "this is a bug in pvepstore; please report it with the traceback above")

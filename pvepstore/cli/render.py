@@ -11,10 +11,10 @@ _PART_HEADER = re.compile(r"^(?:\w+#\d+ Part\d+|\w+: Total -?\d+ times)$")
 _LOG_PREFIX = re.compile(r"^(?:<\d+>)?(?:\[\s*\d+\.\d+\]\s?)?(?:\[\s*[TC]\d+\]\s?)?")
 # Lines that start a kernel crash report (abrt's and syzkaller's trigger lists, abridged).
 _TRIGGERS = re.compile(
-    r"(?:BUG: |Oops|general protection fault|kernel BUG at|Kernel panic - not syncing|"
+    r"^(?:BUG: |Oops: |general protection fault|kernel BUG at|Kernel panic - not syncing|"
     r"WARNING: |Unable to handle kernel|unable to handle page fault|invalid opcode|"
     r"INFO: task .* blocked|watchdog: BUG: soft lockup|Out of memory|"
-    r"rcu: INFO: rcu_\w+ detected stall|Machine check|double fault|KASAN|UBSAN)"
+    r"rcu: INFO: rcu_\w+ detected stall|Machine check|double fault|\S*KASAN|UBSAN)"
 )
 
 
@@ -25,7 +25,7 @@ def headline(record: Record, width: int = 100) -> str:
         line = _LOG_PREFIX.sub("", raw).strip()
         if not line or _PART_HEADER.match(line):
             continue
-        if _TRIGGERS.search(line):
+        if _TRIGGERS.match(line):
             return terminal_safe(line)[:width]
         first = first or line
     return terminal_safe(first)[:width]
