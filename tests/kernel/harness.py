@@ -138,8 +138,12 @@ class Kernel:
         return {Path(l).name.rsplit(".ko", 1)[0].replace("-", "_")
                 for l in p.read_text().split()}
 
-    def resolve_modules(self, names: list[str]) -> list[str]:
-        """Relative module paths in load order (deps first); built-ins skipped."""
+    def resolve_modules(self, names: list[str], required: bool = True) -> list[str]:
+        """Relative module paths in load order (deps first); built-ins skipped.
+
+        With required=False, names that are neither modules nor built in
+        (e.g. not configured at all in the custom kernel) are skipped.
+        """
         table = self._dep_table()
         builtin = self._builtin()
         by_path = {v[0]: v for v in table.values()}
@@ -156,7 +160,7 @@ class Kernel:
             key = n.replace("-", "_")
             if key in table:
                 visit(table[key][0])
-            elif key not in builtin:
+            elif key not in builtin and required:
                 raise RuntimeError(f"{self.label}: module {n} neither in modules.dep nor built in")
         return order
 
@@ -276,7 +280,7 @@ def build_initramfs(kernel: Kernel, dest: Path, blkdev: str, pstore_params: str,
                     events_sh: str) -> Path:
     """Create an uncompressed newc cpio at dest."""
     ko = build_oopsmod(kernel)
-    mods = kernel.resolve_modules(BASE_MODULES)
+    mods = kernel.resolve_modules(BASE_MODULES, required=False)
     pmods = kernel.resolve_modules(PSTORE_MODULES)
     pzone = [m for m in pmods if Path(m).name.startswith("pstore_zone")]
     pblk = [m for m in pmods if Path(m).name.startswith("pstore_blk")]
