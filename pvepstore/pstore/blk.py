@@ -19,6 +19,8 @@ from .source import ByteSource
 from .zoneformat import (BACKEND, FTRACE_REC, KINDS_BY_SIG, KMSG_HDR, KMSG_MAGIC, SIGNATURES,
                          TS_CPU_SHIFT, ZONE_HDR)
 
+SIGNATURE_BYTES = frozenset(sig.to_bytes(4, "little") for sig in SIGNATURES.values())
+
 # A record can never legitimately be larger than this (the largest kmsg_size in
 # use is a few MiB); it bounds memory for hostile or mis-described images.
 MAX_RECORD_BYTES = 32 << 20
@@ -72,8 +74,16 @@ class _Reader:
             self.note(Severity.WARNING,
                       f"{count} dmesg zones; only the first {self.opt.max_zones} were read")
             count = self.opt.max_zones
-        for i in range(count):
-            rec = self.read_dmesg(self.layout.dmesg_zone(i))
+        # Read every zone header in one batch (the kernel looks at all of them too),
+        # then only the zones that carry a pstore signature.
+        base, size = self.layout.dmesg_base, self.layout.dmesg_zone_size
+        offsets = range(base, base + count * size, size)
+        headers = self.src.read_headers(offsets, ZONE_HEADER + KMSG_HEADER)
+        for i, off in enumerate(offsets):
+            raw = headers.get(off)
+            if raw is None or raw[:4] not in SIGNATURE_BYTES:
+                continue  # never written (or foreign data): no signature, as in psz_kmsg_recover_meta
+            rec = self.read_dmesg(self.layout.dmesg_zone(i), raw)
             if rec is not None:
                 records.append(rec)
         # The kernel lists dmesg, then ftrace (combined), pmsg, console.
@@ -89,10 +99,7 @@ class _Reader:
 
     # -- dmesg ------------------------------------------------------------------
 
-    def read_dmesg(self, zone: Zone) -> Record | None:
-        if self.src.is_hole(zone.offset, ZONE_HEADER + KMSG_HEADER):
-            return None  # never written: reads as zeros, no signature
-        raw = self.src.read_at(zone.offset, ZONE_HEADER + KMSG_HEADER)
+    def read_dmesg(self, zone: Zone, raw: bytes) -> Record | None:
         if len(raw) < ZONE_HEADER + KMSG_HEADER:
             self.note(Severity.ERROR, "zone header is past the end of the device "
                       "(the kernel's recovery would fail and show no records)", zone)

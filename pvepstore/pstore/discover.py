@@ -21,11 +21,17 @@ DENSE = 1 << 20  # probe every 4 KiB of the first MiB ...
 FOLLOW = 1 << 20  # ... and up to a MiB past a lone dmesg zone to find the next one
 
 
+PROBE = ZONE_HEADER + KMSG_HDR.size
+
+
 def _probe(src: ByteSource, off: int) -> Kind | None:
-    """Kind of a plausible zone header at ``off`` (dmesg also needs the kmsg magic)."""
-    if off + ZONE_HEADER + KMSG_HDR.size > src.size or src.is_hole(off, ZONE_HEADER):
+    if off + PROBE > src.size or src.is_hole(off, ZONE_HEADER):
         return None
-    raw = src.read_at(off, ZONE_HEADER + KMSG_HDR.size)
+    return _classify(src.read_at(off, PROBE))
+
+
+def _classify(raw: bytes) -> Kind | None:
+    """Kind of a plausible zone header (dmesg also needs the kmsg magic)."""
     if len(raw) < ZONE_HEADER:
         return None
     sig, datalen, start = ZONE_HDR.unpack_from(raw)
@@ -46,8 +52,9 @@ def discover_layout(src: ByteSource) -> tuple[BlkLayout, list[Finding]]:
     findings: list[Finding] = []
     scan_end = min(src.size, SZ_128M)
     hits: dict[int, Kind] = {}
-    for off in range(0, min(scan_end, DENSE), STEP):
-        kind = _probe(src, off)
+    dense = src.read_headers(range(0, max(0, min(scan_end, DENSE) - PROBE + 1), STEP), PROBE)
+    for off, raw in dense.items():
+        kind = _classify(raw)
         if kind:
             hits[off] = kind
     dmesg = sorted(o for o, k in hits.items() if k is Kind.DMESG)
