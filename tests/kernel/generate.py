@@ -157,7 +157,8 @@ def run_scenario(sc: Scenario, log=print, keep_fixture=True) -> dict:
         "kernel_files": {n: {"size": view.file_stat[n][0], "mtime": view.file_stat[n][1]}
                          for n in names},
         "dmesg_pstore_lines": pstore_lines(view.dmesg),
-        "disk_signatures": H.scan_signatures(fixture_img, sc.offset, step=4096),
+        "disk_signatures": H.scan_signatures(fixture_img, sc.offset,
+                                             step=1 if "ftrace_size" in sc.params else 4096),
     }
     problems = check(sc, meta, view)
     meta["generated_problems"] = problems

@@ -555,6 +555,9 @@ PSZ_SIGS = {0x43474244: "dmesg", 0x43474246: "console", 0x43474247: "ftrace",
             0x43474243: "pmsg"}
 
 
+_SIG_RE = re.compile(b"|".join(re.escape(k.to_bytes(4, "little")) for k in PSZ_SIGS))
+
+
 def scan_signatures(path: Path, offset: int = 0, limit: int = 128 << 20,
                     step: int = 4096) -> list[dict]:
     """Raw scan of psz_buffer headers (sig/datalen/start) at step-aligned offsets."""
@@ -572,10 +575,12 @@ def scan_signatures(path: Path, offset: int = 0, limit: int = 128 << 20,
             if not data:
                 break
             if data.count(0) != len(data):
-                for o in range(0, len(data) - 12 + 1, step):
+                for mt in _SIG_RE.finditer(data):
+                    o = mt.start()
+                    if o % step or o + 12 > len(data):
+                        continue
                     sig, datalen, start = struct.unpack_from("<Iii", data, o)
-                    if sig in PSZ_SIGS:
-                        hits.append({"off": pos + o - offset, "type": PSZ_SIGS[sig],
-                                     "datalen": datalen, "start": start})
+                    hits.append({"off": pos + o - offset, "type": PSZ_SIGS[sig],
+                                 "datalen": datalen, "start": start})
             pos += len(data)
     return hits

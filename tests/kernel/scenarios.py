@@ -169,6 +169,26 @@ SCENARIOS = [
         boots=[["oops", "poweroff"]],
         expected=[],
     ),
+    Scenario(
+        "oops-second-boot",
+        "Boot 1: two Oopses (zones 0,1; counters 1,2). Boot 2: one more Oops -> zone 2 "
+        "with the persistent counter 3 although its text says 'Oops#1 Part1' "
+        "(per-boot count).",
+        boots=[oopses(2), oopses(1)],
+        expected=["dmesg-pstore_blk-0", "dmesg-pstore_blk-1", "dmesg-pstore_blk-2"],
+    ),
+    Scenario(
+        "ftrace-reserved-smp3",
+        "Stock kernel (no PSTORE_FTRACE) with ftrace_size=4 on a 3-CPU guest: "
+        "3 ftrace zones of 4096//3=1365 bytes are reserved, so the dmesg zones "
+        "start at 3*1365=4095 (0xfff, not 4 KiB aligned); (1 MiB-4096)//64 KiB = "
+        "15 dmesg zones; one Oops.",
+        boots=[oopses(1)],
+        params={"kmsg_size": 64, "ftrace_size": 4},
+        smp=3,
+        expected=["dmesg-pstore_blk-0"],
+        expect_dmesg=["backend for kmsg(Oops) ftrace"],
+    ),
     # ---- custom kernel (PSTORE_CONSOLE + PSTORE_PMSG), see build-kernel.sh ----
     Scenario(
         "pmsg-console",
