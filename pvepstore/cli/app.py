@@ -6,7 +6,6 @@ import sys
 import traceback
 from typing import Sequence
 
-import click
 import typer
 
 from .. import __version__
@@ -58,7 +57,7 @@ def main(args: Sequence[str] | None = None, env: Environment | None = None) -> E
     except PvepstoreError as exc:
         env.error(exc.message, exc.hint)
         return status_for(exc)
-    except (typer.Abort, click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         env.error("interrupted")
         return ExitStatus.CTRL_C
     except BrokenPipeError:
