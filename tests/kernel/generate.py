@@ -84,9 +84,9 @@ def run_scenario(sc: Scenario, log=print, keep_fixture=True) -> dict:
     boots_meta = []
     t_all = time.monotonic()
 
-    def one_boot(tag, events, snapshot):
+    def one_boot(tag, events, snapshot, bparams):
         ev_sh = H.events_to_sh(events)
-        initrd = H.build_initramfs(kernel, work / f"{tag}.cpio", sc.blkdev, params, ev_sh)
+        initrd = H.build_initramfs(kernel, work / f"{tag}.cpio", sc.blkdev, bparams, ev_sh)
         res = H.run_boot(kernel, H.Disk(boot_img if snapshot else img, sc.bus, snapshot),
                          initrd, work, tag, sc.cmdline, smp=sc.smp)
         log(f"  [{sc.name}] {tag}: {res.seconds:.1f}s rc={res.rc}"
@@ -102,10 +102,12 @@ def run_scenario(sc: Scenario, log=print, keep_fixture=True) -> dict:
 
     boot_img = img
     for i, events in enumerate(sc.boots, 1):
-        res = one_boot(f"boot{i}", events, snapshot=False)
+        bparams = sc.insmod_params(sc.params_for_boot(i))
+        res = one_boot(f"boot{i}", events, snapshot=False, bparams=bparams)
         v = res.views["mount"]
         boots_meta.append({
             "boot": i,
+            "insmod": f"insmod pstore_blk.ko {bparams}",
             "events": [e if isinstance(e, str) else list(e) for e in events],
             "seen_at_mount": sorted(v.files),
             "dmesg_pstore_lines": pstore_lines(v.dmesg),
@@ -121,7 +123,7 @@ def run_scenario(sc: Scenario, log=print, keep_fixture=True) -> dict:
     H.copy_sparse(img, fixture_img)
     boot_img = work / "read.img"
     H.copy_sparse(fixture_img, boot_img)
-    res = one_boot("read", [], snapshot=True)
+    res = one_boot("read", [], snapshot=True, bparams=params)
     view = res.views["mount"]
     blk, core = effective_params(view)
     names = sorted(view.files)
@@ -278,7 +280,11 @@ def write_readme():
             rows.append(f"| {sc.name} | {sc.kernel} | – | – | – | – | *not generated* |")
             continue
         m = json.loads(mp.read_text())
-        boots = "<br>".join(f"{b['boot']}: {_fmt_events(b['events'])}" for b in m["events"])
+        boots = "<br>".join(
+            f"{b['boot']}: "
+            + (f"[`{b['insmod'].replace('insmod pstore_blk.ko ', '')}`] "
+               if b.get("insmod", m["insmod"]) != m["insmod"] else "")
+            + _fmt_events(b["events"]) for b in m["events"])
         size = m["image_size"]
         size_s = f"{size >> 20} MiB" if size >= 1 << 20 and size % (1 << 20) == 0 else f"{size >> 10} KiB"
         if m.get("partition"):

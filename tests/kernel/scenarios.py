@@ -31,16 +31,24 @@ class Scenario:
     expected: list | None = None     # expected pstorefs names in the reading boot
     expect_dmesg: list = field(default_factory=list)  # substrings expected in the pstore dmesg lines
     smp: int = 1
+    boot_params: list | None = None  # per writing boot: params dict overriding `params`
+
+    def params_for_boot(self, i: int) -> dict:
+        """insmod params (dict) of writing boot i (1-based); the reading boot uses `params`."""
+        if self.boot_params and i - 1 < len(self.boot_params) and self.boot_params[i - 1]:
+            return self.boot_params[i - 1]
+        return self.params
 
     @property
     def offset(self) -> int:
         return self.partition[0] if self.partition else 0
 
-    def insmod_params(self) -> str:
+    def insmod_params(self, params: dict | None = None) -> str:
+        params = self.params if params is None else params
         p = [f"blkdev={self.blkdev}", "best_effort=y"]
         for k in ("kmsg_size", "pmsg_size", "console_size", "ftrace_size", "max_reason"):
-            if k in self.params and self.params[k] is not None:
-                p.append(f"{k}={self.params[k]}")
+            if k in params and params[k] is not None:
+                p.append(f"{k}={params[k]}")
         return " ".join(p)
 
 
@@ -188,6 +196,17 @@ SCENARIOS = [
         smp=3,
         expected=["dmesg-pstore_blk-0"],
         expect_dmesg=["backend for kmsg(Oops) ftrace"],
+    ),
+    Scenario(
+        "layout-change",
+        "Boot 1 with kmsg_size=64: two Oopses at 0x0 and 0x10000. Boots 2 and read "
+        "with kmsg_size=32: the old records are valid zones of the new layout too "
+        "(0x10000 = new zone 2), so the kernel shows them as dmesg-pstore_blk-0 and "
+        "-2; boot 2's Oops goes to the zone after the newest (3 @ 0x18000).",
+        boots=[oopses(2), oopses(1)],
+        boot_params=[{"kmsg_size": 64}, None],
+        params={"kmsg_size": 32},
+        expected=["dmesg-pstore_blk-0", "dmesg-pstore_blk-2", "dmesg-pstore_blk-3"],
     ),
     # ---- custom kernel (PSTORE_CONSOLE + PSTORE_PMSG), see build-kernel.sh ----
     Scenario(
