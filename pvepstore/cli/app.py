@@ -45,6 +45,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 # Commands register themselves on `app` when their module is imported.
 from . import parse as _parse  # noqa: E402,F401
+from . import explain as _explain  # noqa: E402,F401
 
 
 def main(args: Sequence[str] | None = None, env: Environment | None = None) -> ExitStatus:
