@@ -76,3 +76,24 @@ def test_zones_beyond_128mib_mean_an_uncapped_kernel():
     result, _ = discover(w)
     assert result.layout.params.cap_128m is False
     assert "dmesg-pstore_blk-2049" in [r.name for r in result.records]
+
+
+def test_ftrace_reserved_zones_shift_dmesg_off_4k_and_are_found():
+    # ftrace_size=4 over 3 CPUs reserves 3 zones of 1365 bytes: dmesg zones start at 0xfff
+    params = BlkParams(kmsg_size=64, ftrace_size=4, nr_cpus=3)
+    w = image(params)
+    w.dmesg(0, TEXT)
+    w.dmesg(1, TEXT)
+    result, confidence = discover(w)
+    assert result.layout.dmesg_base == 0xFFF and confidence == "medium"
+    assert result.layout.dmesg_count == compute_layout(MiB, params)[0].dmesg_count
+    assert [r.name for r in result.records] == ["dmesg-pstore_blk-0", "dmesg-pstore_blk-1"]
+
+
+def test_fake_ring_signature_inside_a_record_does_not_move_the_layout():
+    w = image(BlkParams())
+    w.dmesg(0, TEXT + b"GBGC\0\0\0\0\0\0\0\0 and CBGC too\n", compress=False)
+    w.dmesg(1, TEXT)
+    result, confidence = discover(w)
+    assert confidence == "high" and result.layout.dmesg_base == 0
+    assert [r.name for r in result.records] == ["dmesg-pstore_blk-0", "dmesg-pstore_blk-1"]
