@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 
 from .frame import Frame, parse_frame, parse_trace
-from .logline import LogLine, PstoreHeader, split_lines
+from .logline import GLUED_TIME, LogLine, PstoreHeader, peel, split_lines
 from .taint import decode_taint, taint_letters
 from .trigger import CrashKind, Role, Trigger, match_trigger, panic_cause, PRELUDE
 
@@ -158,6 +158,14 @@ class _Builder:
     def feed(self, line: LogLine) -> None:
         text = line.text.strip()
         trig = match_trigger(line.text) if line.is_kernel else None
+        glued = GLUED_TIME.search(line.text) if trig is None and line.is_kernel else None
+        if glued and glued.start() > 0:
+            # Only a crash header is rescued from glued console output; other lines stay
+            # as they are (satyr, and so the duphash, reads them unglued).
+            rest = peel(line.text[glued.start():], line.number)
+            if (rescued := match_trigger(rest.text)) is not None:
+                line, trig = rest, rescued
+                text = line.text.strip()
         if self.open is not None:
             crash = self.open
             if crash.lines[-1].timestamp is not None and line.timestamp is None and trig is None \

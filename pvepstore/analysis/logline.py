@@ -27,6 +27,8 @@ _SYSLOG = re.compile(
 )
 _LEVEL = re.compile(r"^<(\d{1,3})>")
 _TIME = re.compile(r"^\[\s*(\d+\.\d+)\]")
+# A console can glue other output in front of a kernel line ("host login: [  709.68] INFO: ...").
+GLUED_TIME = re.compile(r"\[\s*\d+\.\d{6}\](?:\[\s*[TC]\d+\])? ")
 _CALLER = re.compile(r"^\[\s*([TC]\d+)\]")
 
 

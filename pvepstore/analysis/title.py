@@ -322,7 +322,8 @@ RULES: tuple[TitleRule, ...] = (
        "possible deadlock in {func}", _quoted(r"is trying to acquire lock"), noskip=True),
     _r(r"\[ INFO: inconsistent lock state|^INFO: inconsistent lock state", "inconsistent lock state in {func}",
        _quoted(r"takes"), noskip=True),
-    _r(r"(?:WARNING|INFO): .*-safe -> .*-unsafe lock order detected", "possible deadlock in {func}", _at),
+    _r(r"(?:WARNING|INFO): .*-safe -> .*-unsafe lock order detected", "possible deadlock in {func}",
+       lambda lines, m: candidates_stack_after(lines, re.compile(r"which became (?:.*) at:"))),
     _r(r"(?:WARNING|INFO): inconsistent lock state|\[ INFO: inconsistent lock state", "inconsistent lock state in {func}",
        _trace),
     _r(r"(WARNING|INFO): suspicious RCU usage|\[ (INFO): suspicious RCU usage", "{0}: suspicious RCU usage in {func}",
@@ -434,7 +435,7 @@ def make_title(crash: Crash) -> str:
     if crash.kind.value == "panic" and crash.panic_message is not None and crash.first_line.lstrip().startswith(
             "Kernel panic"):
         lines[0] = crash.first_line.strip()
-    lines[0] = re.sub(r"^(?:Oops: |watchdog: |NMI watchdog: |rcu: |mce: |CPU \d+: )", "", lines[0])
+    lines[0] = re.sub(r"^(?:Oops: |watchdog: |NMI watchdog: |rcu: |mce: |CPU \d+: |\[ (?=BUG: ))", "", lines[0])
     rip = crash.rip.function.split(".", 1)[0] if crash.rip and crash.rip.function else None
     title = _titled(lines, rip) or crash.first_line.strip()
     return re.sub(r"\s+", " ", title).strip()

@@ -55,16 +55,18 @@ TRIGGERS: tuple[Trigger, ...] = (
     _t(r"^UBSAN: ", K.MEMORY_SAFETY),
     _t(r"^BUG: memory leak", K.LEAK),
     _t(r"^unreferenced object 0x[0-9a-f]+ \(size \d+\):", K.LEAK),
-    _t(r"^(?:watchdog: )?BUG: soft lockup", K.HANG),
+    _t(r"^(?:NMI watchdog: |watchdog: )?BUG: soft lockup", K.HANG),
     _t(r"^(?:NMI watchdog: )?(?:watchdog: )?Watchdog detected hard LOCKUP", K.HANG),
-    _t(r"^INFO: task .{1,100} (?:blocked for more than \d+ seconds|can't die for more than)", K.HANG),
+    _t(r"^INFO: task .{1,100} (?:blocked (?:in I/O wait )?for more than \d+ seconds|can't die for more than)", K.HANG),
     _t(r"^(?:rcu: )?INFO: rcu_(?:preempt|sched|bh|tasks)(?: self)?[- ]detected(?: expedited)? stall", K.HANG),
     _t(r"^BUG: (?:spinlock lockup suspected|workqueue lockup)", K.HANG),
     _t(r"^(?:WARNING|INFO): (?:possible circular locking dependency|possible recursive locking|"
        r"inconsistent lock state|possible irq lock inversion|.*-safe -> .*-unsafe lock order|"
        r"suspicious RCU usage|bad unlock balance|held lock freed|lock held when returning|"
        r".*still has locks held|Nested lock was not taken|trying to register non-static key)", K.LOCKDEP),
-    _t(r"^\[ INFO: (?:possible |inconsistent |suspicious )", K.LOCKDEP),
+    _t(r"^\[ INFO: ", K.LOCKDEP),  # pre-4.x lockdep banners: "[ INFO: possible recursive locking detected ]"
+    _t(r"^\[ BUG: (?:bad unlock balance|held lock freed|lock held when returning|.*still has locks held)",
+       K.LOCKDEP),
     _t(r"^BUG: (?:bad unlock balance|held lock freed|lock held when returning|.*still has locks held|"
        r"MAX_LOCKDEP|MAX_STACK_TRACE_ENTRIES|looking up invalid subclass|Invalid wait context)", K.LOCKDEP),
     _t(r"^BUG: (?:sleeping function called from invalid context|scheduling while atomic|"
@@ -98,7 +100,7 @@ TRIGGERS: tuple[Trigger, ...] = (
 )
 
 # Lines that announce the crash that follows (kept in its text, never a crash of their own).
-PRELUDE = re.compile(r"^-+\[ cut here \]-+$|^=+$|^\[ BUG: |^-{10,}$")
+PRELUDE = re.compile(r"^-+\[ cut here \]-+$|^=+$|^-{10,}$")
 
 # Lines that look like triggers but are not kernel crashes.
 IGNORED = re.compile(
