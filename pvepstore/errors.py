@@ -34,3 +34,15 @@ class InputError(PvepstoreError):
 
 class ConfigError(PvepstoreError):
     """The configuration file or a configuration value is invalid."""
+
+
+class GuestError(PvepstoreError):
+    """A guest cannot be reached or refused an operation (SSH, host key, sudo)."""
+
+
+class PveError(PvepstoreError):
+    """The Proxmox API (or pvesh) refused a request or a task failed."""
+
+
+class VmBusyError(PvepstoreError):
+    """A VM is running, locked (``lock:``/``vmstate:``) or its config flock is held."""

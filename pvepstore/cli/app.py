@@ -38,9 +38,15 @@ def _version(ctx: typer.Context, value: bool) -> None:
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Show the version and exit.")) -> None:
+def _root(ctx: typer.Context,
+          version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Show the version and exit."),
+          config: str = typer.Option(None, "--config", metavar="FILE",
+                                     help="Configuration file [default: $PVEPSTORE_CONFIG or "
+                                          "/etc/pvepstore/config.yaml].")) -> None:
     """pvepstore reads, explains and forwards the pstore records of Proxmox VE guests."""
+    if config is not None:
+        env_of(ctx).config_path = config
 
 
 # Commands register themselves on `app` when their module is imported.

@@ -14,6 +14,15 @@ class Environment:
     stderr: TextIO = field(default_factory=lambda: sys.stderr)
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     program_name: str = "pvepstore"
+    config_path: str | None = None  # --config; None: $PVEPSTORE_CONFIG or the default
+
+    def load_config(self):
+        """The validated configuration (loaded once per run)."""
+        if getattr(self, "_config", None) is None:
+            from ..config import load_config
+
+            self._config = load_config(self.config_path, self.environ)
+        return self._config
 
     @property
     def stdout_isatty(self) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import IntEnum, unique
 
-from ..errors import ConfigError, InputError, PvepstoreError, UsageError
+from ..errors import ConfigError, GuestError, InputError, PveError, PvepstoreError, UsageError, VmBusyError
 
 
 @unique
@@ -14,6 +14,9 @@ class ExitStatus(IntEnum):
     USAGE = 2  # bad arguments (also click's own usage errors)
     INPUT = 3  # an input file or device cannot be read
     CONFIG = 4  # the configuration is invalid
+    GUEST = 5  # a guest is unreachable or refused (SSH, host key, sudo)
+    PVE = 6  # the Proxmox API refused a request or a task failed
+    BUSY = 7  # the VM is running, locked or its config lock is held: try again later
     CTRL_C = 130
 
 
@@ -24,4 +27,10 @@ def status_for(exc: PvepstoreError) -> ExitStatus:
         return ExitStatus.INPUT
     if isinstance(exc, ConfigError):
         return ExitStatus.CONFIG
+    if isinstance(exc, GuestError):
+        return ExitStatus.GUEST
+    if isinstance(exc, PveError):
+        return ExitStatus.PVE
+    if isinstance(exc, VmBusyError):
+        return ExitStatus.BUSY
     return ExitStatus.ERROR

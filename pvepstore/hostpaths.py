@@ -1,0 +1,66 @@
+"""Every Proxmox host path pvepstore touches, under one configurable root.
+
+On a real node the root is ``/``.  Tests, staging hosts and dry runs point it
+at a directory that mimics a node (config key ``host_root``, environment
+``PVEPSTORE_HOST_ROOT``).  No other module spells one of these paths: they ask
+a :class:`HostPaths`.  pvepstore's own config and state directories are not
+Proxmox paths and are configured separately (``state_dir``, ``--config``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_ROOT = "/"
+ENV_ROOT = "PVEPSTORE_HOST_ROOT"
+
+
+@dataclass(frozen=True)
+class HostPaths:
+    root: Path = Path(DEFAULT_ROOT)
+
+    def _at(self, absolute: str) -> Path:
+        return self.root / absolute.lstrip("/")
+
+    # -- /etc/pve (pmxcfs) -------------------------------------------------------
+    @property
+    def pve(self) -> Path:
+        return self._at("/etc/pve")
+
+    @property
+    def members(self) -> Path:
+        """Cluster membership and this node's name (``.members``)."""
+        return self._at("/etc/pve/.members")
+
+    @property
+    def pve_root_ca(self) -> Path:
+        return self._at("/etc/pve/pve-root-ca.pem")
+
+    @property
+    def storage_cfg(self) -> Path:
+        return self._at("/etc/pve/storage.cfg")
+
+    def vm_config(self, node: str, vmid: int) -> Path:
+        return self._at(f"/etc/pve/nodes/{node}/qemu-server/{int(vmid)}.conf")
+
+    # -- qemu-server runtime -------------------------------------------------------
+    def vm_lock(self, vmid: int) -> Path:
+        """PVE's per-VM config flock (PVE::QemuConfig->lock_config)."""
+        return self._at(f"/var/lock/qemu-server/lock-{int(vmid)}.conf")
+
+    def vm_pidfile(self, vmid: int) -> Path:
+        return self._at(f"/var/run/qemu-server/{int(vmid)}.pid")
+
+    def ivshmem_file(self, name: str) -> Path:
+        """The shared-memory file QEMU backs an ``ivshmem: name=...`` device with."""
+        return self._at(f"/dev/shm/pve-shm-{name}")
+
+    # -- storages -----------------------------------------------------------------
+    def storage_path(self, path: str) -> Path:
+        """A path taken from storage.cfg (dir/nfs/cifs mount points, snippets)."""
+        return self._at(path)
+
+    def device(self, path: str) -> Path:
+        """A block device path (``/dev/<vg>/<lv>``, ``/dev/zvol/...``, ``/dev/rbd-pve/...``)."""
+        return self._at(path)
