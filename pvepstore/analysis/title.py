@@ -62,7 +62,8 @@ _PC = r"\[<?(?:0x)?[0-9a-f]+>?\]"
 _FUNC = r"([a-zA-Z0-9_]+)(?:\.|\+)"
 _FRAME_LINE = re.compile(rf"^ *(?:{_PC} ){{0,2}}{_FUNC}")
 _ARM_FRAME = re.compile(rf"^ *{_PC} \(([a-zA-Z0-9_.]+)\) from {_PC} \({_FUNC}")
-_RIP_LINE = re.compile(rf"(?:IP|NIP|pc |PC is at):? (?:[0-9]+:)?(?:{_PC} +){{0,2}}{_FUNC}")
+# The crash IP; a bare address ("IP: 0x286", a jump to nowhere) names no function but still is the IP line.
+_RIP_LINE = re.compile(rf"(?:IP|NIP|pc |PC is at):? (?:(?:[0-9]+:)?(?:{_PC} +){{0,2}}{_FUNC}|(?:[0-9]+:)?0x[0-9a-f]+)")
 _INTERRUPT = re.compile(rf"--- interrupt: [0-9]+ at {_FUNC}")
 _CALL_TRACE = re.compile(r"Call [Tt]race:|Backtrace:")
 _STACK_START = re.compile(r"Call [Tt]race|Allocated:|Allocated by task \d+:|Freed:|Freed by task \d+:|"
@@ -118,15 +119,16 @@ def candidates_rip_trace(lines: Sequence[str]) -> list[str]:
         return _call_trace(lines)
     i, m = found
     after = _find(lines, _CALL_TRACE, i)
-    return [m.group(1)] + (_frames_after(lines, after[0] + 1) if after else [])
+    return [n for n in [m.group(1)] if n] + (_frames_after(lines, after[0] + 1) if after else [])
 
 
 def candidates_warning(lines: Sequence[str]) -> list[str]:
+    """A WARN's own IP and the frames printed right after it (newer kernels trap first and print the
+    stack after the registers); failing those, the ``Call Trace``."""
     found = _find(lines, _RIP_LINE) or _find(lines, _INTERRUPT)
     if found:
         i, m = found
-        after = _find(lines, _CALL_TRACE, i)
-        return [m.group(1)] + (_frames_after(lines, after[0] + 1) if after else [])
+        return [n for n in [m.group(1)] if n] + _frames_after(lines, i + 1) + _call_trace(lines)
     return _call_trace(lines)
 
 
@@ -416,7 +418,7 @@ def _titled(lines: list[str], rip: str | None = None) -> str | None:
         func = ""
         if "{func}" in rule.fmt:
             names = [n for n in (rule.candidates(lines, m) if rule.candidates else [])
-                     if rule.noskip or _usable(n, rule.skip)]
+                     if n and (rule.noskip or _usable(n, rule.skip))]
             names = [_strip_prefix(n) for n in names]
             if not names and rip and rule.candidates in (_rip, _warn):
                 names = [_strip_prefix(rip)] if _usable(rip, rule.skip) else []
