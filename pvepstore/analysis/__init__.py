@@ -6,6 +6,7 @@ data back.
 
 from .crash import Crash, extract_crashes
 from .frame import Frame
+from .report import build_report
 from .trigger import CrashKind
 
-__all__ = ["Crash", "CrashKind", "Frame", "extract_crashes"]
+__all__ = ["Crash", "CrashKind", "Frame", "build_report", "extract_crashes"]
