@@ -134,7 +134,8 @@ def record_evidence(rec: Record) -> Evidence | None:
     source = rec.backend
     if rec.erased or rec.kind in (Kind.PMSG, Kind.FTRACE):
         return None
-    text = rec.text if not rec.name.endswith(".enc.z") else ""
+    # best_text: where the kernel itself could not decode a record, pvepstore may have
+    text = rec.best_text if (rec.recovered is not None or not rec.name.endswith(".enc.z")) else ""
     crashes = extract_crashes(text)
     base = dict(time=rec.time, record=rec.name, sha256=rec.sha256,
                 details={"reason": rec.reason, "count": rec.counter, "crashes": len(crashes)})

@@ -13,7 +13,7 @@ from typing import Iterator, Optional
 import typer
 
 from ..errors import InputError, UsageError
-from ..pstore import BlkParams, FileSource, ParseResult, ReadOptions, read_blk
+from ..pstore import FORMATS, BlkParams, FileSource, ParseResult, RamoopsParams, ReadOptions, read_source
 from ..pstore.source import unpack_xz_sparse
 from .app import app, env_of
 from .render import render_summary
@@ -44,9 +44,24 @@ def _opened(image: Optional[Path], sample: bool, offset: int) -> Iterator[tuple[
             yield src, label
 
 
-def _params(kmsg: Optional[int], pmsg: Optional[int], console: Optional[int],
-            ftrace: Optional[int], nr_cpus: Optional[int], no_cap: bool) -> BlkParams | None:
+def _params(fmt: str, kmsg: Optional[int], pmsg: Optional[int], console: Optional[int],
+            ftrace: Optional[int], nr_cpus: Optional[int], no_cap: bool,
+            record: Optional[int], mem: Optional[int]) -> BlkParams | RamoopsParams | None:
     given = (kmsg, pmsg, console, ftrace, nr_cpus)
+    if fmt == "ramoops" or record is not None or mem is not None:
+        if kmsg is not None or no_cap:
+            raise UsageError("--kmsg-size/--no-cap are pstore_blk options",
+                             hint="ramoops takes --record-size and byte sizes")
+        if record is None and all(v is None for v in given) and mem is None:
+            return None  # discover the ramoops zone sizes
+        kib = 1024  # the shared size options are KiB for both formats, ramoops wants bytes
+        return RamoopsParams(mem_size=mem, record_size=(record if record is not None else 4) * kib,
+                             console_size=(console if console is not None else 4) * kib,
+                             ftrace_size=(ftrace if ftrace is not None else 4) * kib,
+                             pmsg_size=(pmsg if pmsg is not None else 4) * kib,
+                             nr_cpus=nr_cpus or 1, ftrace_per_cpu=bool(nr_cpus and nr_cpus > 1))
+    if record is not None:
+        raise UsageError("--record-size is a ramoops option", hint="add --format ramoops")
     if all(v is None for v in given) and not no_cap:
         return None  # discover the layout
     return BlkParams(kmsg_size=64 if kmsg is None else kmsg, pmsg_size=pmsg or 0,
@@ -84,29 +99,44 @@ def parse_command(
     ftrace_size: Optional[int] = typer.Option(None, "--ftrace-size", min=0, help="pstore_blk ftrace_size (KiB)."),
     nr_cpus: Optional[int] = typer.Option(None, "--nr-cpus", min=1, help="Guest's possible CPUs (ftrace layout)."),
     no_cap: bool = typer.Option(False, "--no-cap", help="Kernel without the 128 MiB cap (5.10)."),
+    fmt: str = typer.Option("auto", "--format", help="pstore_blk, ramoops, or auto (from the first zone)."),
+    record_size: Optional[int] = typer.Option(None, "--record-size", min=1,
+                                              help="ramoops record_size (KiB)."),
+    mem_size: Optional[int] = typer.Option(None, "--mem-size", min=1,
+                                           help="ramoops mem_size in bytes [default: the whole image]."),
+    report: bool = typer.Option(False, "--report", help="Print the incident report (CloudEvent JSON)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
     extract_dir: Optional[Path] = typer.Option(None, "--extract", help="Write each record to DIR/<kernel name>."),
     include_erased: bool = typer.Option(False, "--include-erased",
                                         help="Also recover erased records (forensic, flagged)."),
     sample: bool = typer.Option(False, "--sample", help="Parse the real pstore image bundled with pvepstore."),
 ) -> None:
-    """Read a pstore_blk disk image the way the guest kernel reads it.
+    """Read a pstore disk image (pstore_blk) or ramoops memory the way the guest kernel reads it.
 
     Without size options the layout is discovered from the zone signatures.
+    Sizes are KiB for both formats (ramoops module parameters are bytes).
     """
     env = env_of(ctx)
     if sample and image is not None:
         raise UsageError("give either IMAGE or --sample, not both")
-    params = _params(kmsg_size, pmsg_size, console_size, ftrace_size, nr_cpus, no_cap)
+    if fmt not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}")
+    params = _params(fmt, kmsg_size, pmsg_size, console_size, ftrace_size, nr_cpus, no_cap,
+                     record_size, mem_size)
     options = ReadOptions(include_erased=include_erased)
     with _opened(image, sample, offset) as (src, _label):
-        result = read_blk(src, params, options=options, image_offset=offset)
+        result = read_source(src, params, fmt=fmt, offset=offset, options=options)
     if extract_dir is not None:
         try:
             extract(result, extract_dir)
         except OSError as exc:
             raise InputError(f"cannot write to {extract_dir}: {exc.strerror}",
                              hint="choose a writable directory") from None
+    if report:
+        from ..analysis import build_report
+
+        env.out(json.dumps(build_report(result), indent=2, ensure_ascii=True))
+        return
     if as_json:
         # ensure_ascii: guest bytes reach the terminal only as \\u escapes
         env.out(json.dumps(result.to_json(), indent=2, ensure_ascii=True))

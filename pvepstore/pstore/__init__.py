@@ -12,17 +12,38 @@ import os
 from .blk import ReadOptions, read_blk
 from .layout import BlkLayout, BlkParams, compute_layout, kib_param_to_bytes
 from .model import Finding, Kind, ParseResult, Record, Severity
+from .ramoops import RamoopsParams, looks_like_ramoops, read_ramoops
 from .source import ByteSource, BytesSource, FileSource
+
+FORMATS = ("auto", "pstore_blk", "ramoops")
 
 __all__ = [
     "BlkLayout", "BlkParams", "ByteSource", "BytesSource", "FileSource", "Finding", "Kind",
-    "ParseResult", "ReadOptions", "Record", "Severity", "compute_layout", "kib_param_to_bytes",
-    "read_blk", "read_image",
+    "ParseResult", "RamoopsParams", "ReadOptions", "Record", "Severity", "compute_layout",
+    "kib_param_to_bytes", "read_blk", "read_image", "read_ramoops", "read_source",
 ]
 
 
-def read_image(path: str | os.PathLike[str], params: BlkParams | None = None, *,
-               offset: int = 0, options: ReadOptions = ReadOptions()) -> ParseResult:
-    """Read a pstore_blk image file or block device (``offset``: partition start)."""
+def read_source(src: ByteSource, params: BlkParams | RamoopsParams | None = None, *,
+                fmt: str = "auto", offset: int = 0,
+                options: ReadOptions = ReadOptions()) -> ParseResult:
+    """Parse a source as pstore_blk or ramoops (``auto``: from the parameters or the first zone)."""
+    if fmt == "auto":
+        if isinstance(params, RamoopsParams):
+            fmt = "ramoops"
+        elif isinstance(params, BlkParams):
+            fmt = "pstore_blk"
+        else:
+            fmt = "ramoops" if looks_like_ramoops(src) else "pstore_blk"
+    if fmt == "ramoops":
+        return read_ramoops(src, params if isinstance(params, RamoopsParams) else None,
+                            max_record_bytes=options.max_record_bytes, image_offset=offset)
+    return read_blk(src, params if isinstance(params, BlkParams) else None, options=options,
+                    image_offset=offset)
+
+
+def read_image(path: str | os.PathLike[str], params: BlkParams | RamoopsParams | None = None, *,
+               offset: int = 0, fmt: str = "auto", options: ReadOptions = ReadOptions()) -> ParseResult:
+    """Read a pstore image file or block device (``offset``: partition start)."""
     with FileSource(path, offset) as src:
-        return read_blk(src, params, options=options, image_offset=offset)
+        return read_source(src, params, fmt=fmt, offset=offset, options=options)

@@ -12,12 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .discover import discover_layout
-from .inflate import inflate_raw
+from .dump import decode_payload
+from .ftrace import merge_by_timestamp, render, split_records
 from .layout import KMSG_HEADER, ZONE_HEADER, BlkLayout, BlkParams, Zone, compute_layout
 from .model import Finding, Kind, ParseResult, Record, Severity, reason_name
 from .source import ByteSource
-from .zoneformat import (BACKEND, FTRACE_REC, KINDS_BY_SIG, KMSG_HDR, KMSG_MAGIC, SIGNATURES,
-                         TS_CPU_SHIFT, ZONE_HDR)
+from .inflate import inflate_raw
+from .zoneformat import BACKEND, KINDS_BY_SIG, KMSG_HDR, KMSG_MAGIC, SIGNATURES, ZONE_HDR
+
+STOP = object()  # the kernel's listing ends at this zone
 
 SIGNATURE_BYTES = frozenset(sig.to_bytes(4, "little") for sig in SIGNATURES.values())
 
@@ -84,6 +87,8 @@ class _Reader:
             if raw is None or raw[:4] not in SIGNATURE_BYTES:
                 continue  # never written (or foreign data): no signature, as in psz_kmsg_recover_meta
             rec = self.read_dmesg(self.layout.dmesg_zone(i), raw)
+            if rec is STOP:
+                return records
             if rec is not None:
                 records.append(rec)
         # The kernel lists dmesg, then ftrace (combined), pmsg, console.
@@ -99,7 +104,7 @@ class _Reader:
 
     # -- dmesg ------------------------------------------------------------------
 
-    def read_dmesg(self, zone: Zone, raw: bytes) -> Record | None:
+    def read_dmesg(self, zone: Zone, raw: bytes) -> Record | object | None:
         if len(raw) < ZONE_HEADER + KMSG_HEADER:
             self.note(Severity.ERROR, "zone header is past the end of the device "
                       "(the kernel's recovery would fail and show no records)", zone)
@@ -130,6 +135,12 @@ class _Reader:
                       "skipped (the kernel would fail to read this record)", zone)
             return None
         size = datalen - KMSG_HEADER
+        if size == 0 and compressed:
+            # psz_kmsg_read() returns 0 bytes, and pstore_get_backend_records() takes a
+            # 0-byte record for "no more records": the kernel lists nothing after it.
+            self.note(Severity.ERROR, "empty compressed record: the guest kernel stops listing "
+                      "records here (later zones are not shown in /sys/fs/pstore)", zone)
+            return STOP
         if size > self.opt.max_record_bytes:
             self.note(Severity.WARNING, f"record of {size} bytes exceeds the "
                       f"{self.opt.max_record_bytes}-byte limit; skipped", zone)
@@ -138,13 +149,12 @@ class _Reader:
         name = f"dmesg-{BACKEND}-{zone.index}"
         if compressed:
             limit = min(3 * (zone.buffer_size - KMSG_HEADER), self.opt.max_record_bytes)
-            result = inflate_raw(payload, limit)
-            if result.data is None:
+            decoded = decode_payload(payload, True, limit)
+            if decoded.error:
                 # decompress_record() failed: the kernel keeps the raw bytes as .enc.z
                 self.note(Severity.WARNING, f"compressed record cannot be decompressed: "
-                          f"{result.error}; kept raw as {name}.enc.z, as the kernel does", zone)
-                return self.dmesg_record(zone, name + ".enc.z", payload, meta)
-            return self.dmesg_record(zone, name, result.data, meta)
+                          f"{decoded.error}; kept raw as {name}.enc.z, as the kernel does", zone)
+            return self.dmesg_record(zone, name + decoded.suffix, decoded.data, meta)
         # psz_kmsg_read() prepends this line for uncompressed records only.
         header = f"{meta['reason']}: Total {meta['counter']} times\n".encode()
         return self.dmesg_record(zone, name, header + payload, meta)
@@ -241,35 +251,13 @@ class _Reader:
                 continue
             data, erased = got
             erased_any |= erased
-            skip = len(data) % FTRACE_REC.size
-            src = [FTRACE_REC.unpack_from(data, off)
-                   for off in range(skip, len(data), FTRACE_REC.size)]
-            merged = _merge_by_timestamp(merged, src)
+            merged = merge_by_timestamp(merged, split_records(data))
         if not merged:
             return None
-        lines = []
-        for ip, parent, ts in merged:
-            lines.append(f"CPU:{ts & 0xFF} ts:{ts >> TS_CPU_SHIFT} {ip:08x}  {parent:08x}  "
-                         f"{ip:#x} <- {parent:#x}\n")
         self.note(Severity.INFO, "ftrace addresses shown in hex: the kernel resolves them "
                   "with its own symbol table", zones[0])
         return Record(name=f"ftrace-{BACKEND}-0", kind=Kind.FTRACE, backend=BACKEND, zone=0,
-                      offset=zones[0].offset, data="".join(lines).encode(), erased=erased_any)
-
-
-def _merge_by_timestamp(dest: list, src: list) -> list:
-    """pstore_ftrace_combine_log(): take dest only when strictly older, else src."""
-    out, i, j = [], 0, 0
-    while i < len(dest) and j < len(src):
-        if dest[i][2] >> TS_CPU_SHIFT < src[j][2] >> TS_CPU_SHIFT:
-            out.append(dest[i])
-            i += 1
-        else:
-            out.append(src[j])
-            j += 1
-    out.extend(dest[i:])
-    out.extend(src[j:])
-    return out
+                      offset=zones[0].offset, data=render(merged), erased=erased_any)
 
 
 def _s32(value: int) -> int:

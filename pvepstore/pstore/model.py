@@ -75,6 +75,15 @@ class Record:
     time_nsec: int | None = None
     compressed: bool = False
     erased: bool = False
+    # Text the kernel itself fails to show (e.g. a ramoops header parse that eats the
+    # first deflate byte): recovered by pvepstore, never part of the kernel's view.
+    recovered: bytes | None = None
+
+    @property
+    def best_text(self) -> str:
+        """What a human or the analysis should read: recovered text where the kernel failed."""
+        data = self.recovered if self.recovered is not None else self.data
+        return data.decode("utf-8", errors="replace")
 
     @property
     def size(self) -> int:
@@ -120,6 +129,8 @@ class Record:
         }
         if include_text:
             doc["text"] = self.text
+            if self.recovered is not None:
+                doc["recovered_text"] = self.recovered.decode("utf-8", errors="replace")
         return doc
 
 

@@ -18,6 +18,3 @@ ZONE_HDR = struct.Struct("<Iii")
 # struct psz_kmsg_header on x86_64: magic, pad, tv_sec, tv_nsec, bool compressed,
 # pad, u32 counter, enum reason, tail pad (sizeof 40: the payload starts at +52).
 KMSG_HDR = struct.Struct("<I4xqqB3xIi4x")
-# struct pstore_ftrace_record on x86_64: ip, parent_ip, ts (cpu in ts's low 8 bits)
-FTRACE_REC = struct.Struct("<QQQ")
-TS_CPU_SHIFT = 8

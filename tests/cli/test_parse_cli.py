@@ -101,3 +101,32 @@ def test_version_and_help():
     assert run_cli("--version").stdout.startswith("pvepstore ")
     r = run_cli("parse", "--help")
     assert r.status == ExitStatus.SUCCESS
+
+
+def test_parse_ramoops_memory_with_format_and_detection(tmp_path):
+    from tests.pstore.test_ramoops import PANIC_LONG, Ram
+
+    ram = Ram()
+    for i in range(16):
+        ram.zone(i * 65536, b"")
+    ram.dump(0, PANIC_LONG)
+    img = tmp_path / "pve-shm-101"
+    img.write_bytes(bytes(ram.mem))
+    for args in ([], ["--format", "ramoops", "--record-size", "64", "--console-size", "0",
+                      "--pmsg-size", "0", "--ftrace-size", "0"]):
+        r = run_cli("parse", str(img), "--json", *args)
+        assert r.status == ExitStatus.SUCCESS, r.stderr
+        assert [rec["name"] for rec in r.json["records"]] == ["dmesg-ramoops-0"]
+        assert r.json["records"][0]["reason"] == "Panic"
+    r = run_cli("parse", str(img), "--format", "ramoops", "--kmsg-size", "64")
+    assert r.status == ExitStatus.USAGE
+
+
+@needs_fixture
+def test_report_is_a_cloudevent_with_a_verdict():
+    r = run_cli("parse", str(FIXTURES / "oops-deflate" / "image.xz"), "--report")
+    assert r.status == ExitStatus.SUCCESS, r.stderr
+    event = r.json
+    assert event["specversion"] == "1.0" and event["data"]["verdict"]["kind"] == "kernel_oops"
+    again = run_cli("parse", str(FIXTURES / "oops-deflate" / "image.xz"), "--report").json
+    assert again["id"] == event["id"]  # idempotent re-sending

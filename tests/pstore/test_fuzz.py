@@ -84,3 +84,25 @@ def test_truncated_images(cut, discover):
 @given(st.binary(min_size=0, max_size=70000))
 def test_random_bytes(data):
     check(data.ljust(65536, b"\0"), None)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 15), st.integers(0, 64), st.binary(max_size=40)), max_size=20))
+def test_hostile_ramoops_memory(writes):
+    from pvepstore.pstore import RamoopsParams, read_ramoops
+    from tests.pstore.test_ramoops import PANIC_LONG, Ram
+
+    ram = Ram()
+    for i in range(16):
+        ram.zone(i * 65536, b"")
+    ram.dump(0, PANIC_LONG)
+    for zone, at, data in writes:
+        off = zone * 65536 + at
+        ram.mem[off:off + len(data)] = data
+    for params in (None, RamoopsParams(record_size=65536, console_size=65536, pmsg_size=65536, ftrace_size=0)):
+        src = BytesSource(bytes(ram.mem))
+        result = read_ramoops(src, params)
+        assert src.bytes_read <= 2 * len(ram.mem)
+        for rec in result.records:
+            assert rec.size <= MAX_RECORD_BYTES
+            rec.to_json()

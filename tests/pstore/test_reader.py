@@ -138,3 +138,14 @@ def test_work_is_bounded_by_headers_and_valid_data():
     # 2048 zone headers of 52 bytes plus one payload: the image itself is never read
     assert src.bytes_read <= 2048 * 52 + 4096
     assert len(result.records) == 1
+
+
+def test_empty_compressed_record_ends_the_kernels_listing():
+    w = writer()
+    w.dmesg(0, TEXT)
+    w.dmesg(1, b"", compress=True, datalen=40)
+    w.dmesg(2, TEXT)
+    result = parse(w)
+    # pstore_get_backend_records() stops at a 0-byte record: zone 2 is not listed
+    assert [r.name for r in result.records] == ["dmesg-pstore_blk-0"]
+    assert any(f.severity.value == "error" and f.zone == 1 for f in result.findings)
