@@ -41,6 +41,18 @@ class HostPaths:
     def storage_cfg(self) -> Path:
         return self._at("/etc/pve/storage.cfg")
 
+    @property
+    def vmlist(self) -> Path:
+        """Cluster-wide VM → node map (``.vmlist``)."""
+        return self._at("/etc/pve/.vmlist")
+
+    def node_dir(self, node: str) -> Path:
+        return self._at(f"/etc/pve/nodes/{node}")
+
+    def ca_file(self, path: str) -> Path:
+        """A configured CA file (``api.verify_ssl``), taken under the root."""
+        return self._at(path)
+
     def vm_config(self, node: str, vmid: int) -> Path:
         return self._at(f"/etc/pve/nodes/{node}/qemu-server/{int(vmid)}.conf")
 
@@ -60,6 +72,13 @@ class HostPaths:
     def storage_path(self, path: str) -> Path:
         """A path taken from storage.cfg (dir/nfs/cifs mount points, snippets)."""
         return self._at(path)
+
+    def lvm_device(self, vgname: str, lvname: str) -> Path:
+        """An LV's device node (present only while the LV is active)."""
+        return self._at(f"/dev/{vgname}/{lvname}")
+
+    def zvol(self, pool: str, name: str) -> Path:
+        return self._at(f"/dev/zvol/{pool}/{name}")
 
     def device(self, path: str) -> Path:
         """A block device path (``/dev/<vg>/<lv>``, ``/dev/zvol/...``, ``/dev/rbd-pve/...``)."""

@@ -13,6 +13,7 @@ import pytest
 from pvepstore.cli import Environment, ExitStatus, main
 from pvepstore.pstore import BlkParams
 from pvepstore.pstore.source import unpack_xz_sparse
+from tests.fakepve.plugin import fakepve  # noqa: E402,F401  (fake Proxmox API fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"

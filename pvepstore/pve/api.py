@@ -1,0 +1,249 @@
+"""The Proxmox API client: proxmoxer underneath, every failure a :class:`PveError` with a hint.
+
+Two transports (``api.backend``): ``https`` (default; a token, the cluster CA
+under ``host_root``) and ``local`` (``pvesh`` on this node as root). The local
+backend's quirks are absorbed here: tasks run synchronously and a *failed*
+task still comes back as a UPID, so every task's ``exitstatus`` is checked;
+output that is not pure JSON arrives as ``{"errors": ...}`` and is either
+mined for a UPID or turned into an error.
+
+Writes go through :meth:`PveApi.write`; with ``dry_run`` they are recorded
+(``planned``) and not sent, so ``provision --dry-run`` can show every call.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..config import Config
+from ..errors import ConfigError, PveError
+
+UPID_RE = re.compile(r"UPID:[\w.-]+:[0-9A-Fa-f]{8}:[0-9A-Fa-f]{8,9}:[0-9A-Fa-f]{8}:[\w-]+:[^:\s]*:[^:\s]+:")
+TASK_OK_RE = re.compile(r"^(OK|WARNINGS: \d+)$")
+
+
+@dataclass(frozen=True)
+class ApiCall:
+    """One API write as it would be sent (for --dry-run and the summary)."""
+
+    method: str
+    path: str
+    params: dict
+    why: str = ""
+
+    def describe(self) -> str:
+        args = " ".join(f"{k}={v}" for k, v in self.params.items())
+        return f"{self.method} /{self.path}" + (f" {args}" if args else "") + (f"   # {self.why}" if self.why else "")
+
+    def to_json(self) -> dict:
+        return {"method": self.method, "path": "/" + self.path, "params": self.params, "why": self.why}
+
+
+def quote(segment: Any) -> str:
+    """A path segment (volume IDs of dir storages contain '/')."""
+    return urllib.parse.quote(str(segment), safe=":@!")
+
+
+@dataclass
+class PveApi:
+    prox: Any  # a proxmoxer.ProxmoxAPI (or anything with the same call shape)
+    backend: str = "https"
+    endpoint: str = "pvesh"
+    dry_run: bool = False
+    task_timeout: float = 300.0
+    sleep: Callable[[float], None] = time.sleep
+    planned: list[ApiCall] = field(default_factory=list)
+    done: list[ApiCall] = field(default_factory=list)
+
+    # -- plain calls ------------------------------------------------------------------
+    def get(self, path: str, **params: Any) -> Any:
+        result = self._call("GET", path, params)
+        if isinstance(result, dict) and set(result) == {"errors"}:
+            raise PveError(f"GET /{path}: pvesh printed output that is not JSON: {_first_line(result['errors'])}",
+                           hint="run the same `pvesh get` by hand; a PVE warning on stdout breaks parsing")
+        return result
+
+    def write(self, method: str, path: str, *, why: str = "", **params: Any) -> Any:
+        """POST/PUT/DELETE; in dry-run mode only recorded (returns None)."""
+        call = ApiCall(method, path, _wire(params), why)
+        if self.dry_run:
+            self.planned.append(call)
+            return None
+        result = self._call(method, path, dict(call.params))
+        self.done.append(call)
+        return result
+
+    def run_task(self, method: str, path: str, *, why: str = "", **params: Any) -> dict | None:
+        """A write that starts a task: wait for it and require a successful exit status."""
+        result = self.write(method, path, why=why, **params)
+        if self.dry_run:
+            return None
+        upid = self._upid(result, f"{method} /{path}")
+        if upid is None:  # finished within background_delay (or a synchronous PUT)
+            return {"status": "stopped", "exitstatus": "OK"}
+        return self.wait_task(upid)
+
+    def wait_task(self, upid: str, timeout: float | None = None) -> dict:
+        node = upid.split(":")[1]
+        deadline = time.monotonic() + (self.task_timeout if timeout is None else timeout)
+        delay = 0.05
+        while True:
+            status = self.get(f"nodes/{node}/tasks/{quote(upid)}/status")
+            if status.get("status") == "stopped":
+                break
+            if time.monotonic() >= deadline:
+                raise PveError(f"task {upid} still running after {timeout or self.task_timeout:.0f} s",
+                               hint=f"watch it in the task log: pvenode task log {upid}")
+            self.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        exitstatus = str(status.get("exitstatus", ""))
+        if not TASK_OK_RE.match(exitstatus):
+            tail = self._task_log_tail(node, upid)
+            raise PveError(f"task {status.get('type', '')} for {status.get('id', '')} failed: {exitstatus}",
+                           hint=f"task log: {tail}" if tail else f"pvenode task log {upid}")
+        return status
+
+    # -- internals ------------------------------------------------------------------------
+    def _task_log_tail(self, node: str, upid: str) -> str:
+        try:
+            lines = self.get(f"nodes/{node}/tasks/{quote(upid)}/log", limit=50)
+        except PveError:
+            return ""
+        return " | ".join(str(e.get("t", "")) for e in lines[-3:] if isinstance(e, dict))
+
+    def _upid(self, result: Any, what: str) -> str | None:
+        if result is None:
+            return None
+        if isinstance(result, str) and UPID_RE.fullmatch(result.strip()):
+            return result.strip()
+        text = result.get("errors") if isinstance(result, dict) else result
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", "replace")
+        match = UPID_RE.search(str(text))
+        if match:  # pvesh printed the (synchronous) task log before the UPID
+            return match.group(0)
+        if isinstance(result, dict) and set(result) == {"errors"}:
+            # pvesh's synchronous PUT prints "update VM ..." and nothing else on success
+            if re.match(r"^\s*update VM \d+", str(text)):
+                return None
+            raise PveError(f"{what}: unexpected pvesh output: {_first_line(text)}")
+        raise PveError(f"{what}: expected a task id, got {str(result)[:200]!r}")
+
+    def _call(self, method: str, path: str, params: dict) -> Any:
+        from proxmoxer import ResourceException  # imported lazily: CLI start-up stays fast
+        import requests
+
+        resource = self.prox(path)
+        try:
+            if method == "GET":
+                return resource.get(**params)
+            if method == "POST":
+                return resource.post(**params)
+            if method == "PUT":
+                return resource.put(**params)
+            if method == "DELETE":
+                return resource.delete(**params)
+            raise ValueError(method)
+        except ResourceException as exc:
+            raise _translate(exc, method, path) from None
+        except requests.exceptions.SSLError as exc:
+            raise PveError(f"TLS verification of {self.endpoint} failed: {_reason(exc)}",
+                           hint="api.verify_ssl must name the CA that signed pveproxy's certificate "
+                                "(/etc/pve/pve-root-ca.pem under host_root), or the certificate "
+                                "was replaced (ACME): then use true or that CA") from None
+        except requests.exceptions.Timeout:
+            raise PveError(f"{method} /{path}: no answer from {self.endpoint} in time",
+                           hint="raise api.timeout, or check pveproxy (systemctl status pveproxy)") from None
+        except requests.exceptions.ConnectionError as exc:
+            raise PveError(f"cannot connect to {self.endpoint}: {_reason(exc)}",
+                           hint="is pveproxy running? check api.host/api.port") from None
+        except Exception as exc:
+            import subprocess
+            if isinstance(exc, subprocess.TimeoutExpired):
+                raise PveError(f"pvesh {method} /{path} did not finish within {exc.timeout} s",
+                               hint="raise api.timeout") from None
+            if isinstance(exc, (FileNotFoundError, PermissionError)):
+                raise PveError(f"cannot run pvesh: {exc}",
+                               hint="api.backend local only works as root on a Proxmox VE node") from None
+            raise
+
+
+def _wire(params: dict) -> dict:
+    """PVE wants 0/1 for booleans at the top level; None means "not sent"."""
+    out = {}
+    for k, v in params.items():
+        if v is None:
+            continue
+        out[k] = int(v) if isinstance(v, bool) else v
+    return out
+
+
+def _first_line(text: Any) -> str:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    lines = [ln for ln in str(text).splitlines() if ln.strip()]
+    return (lines[0] if lines else "")[:200]
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc)
+    m = re.search(r"\[SSL: [^\]]+\] ([^(]+)|(Connection refused|Name or service not known|timed out)", text)
+    return (m.group(1) or m.group(2)).strip() if m else text[:200]
+
+
+def _translate(exc: Any, method: str, path: str) -> PveError:
+    status = getattr(exc, "status_code", 0)
+    content = str(getattr(exc, "content", "") or "").strip()
+    errors = getattr(exc, "errors", None)
+    detail = content
+    if isinstance(errors, dict) and errors:
+        detail += " " + "; ".join(f"{k}: {str(v).strip()}" for k, v in errors.items())
+    elif errors:
+        detail += f" {_first_line(errors)}"
+    message = f"{method} /{path}: {status} {detail}".strip()
+    if status == 401:
+        hint = "check api.user, api.token_name and the token secret (the token id is USER@REALM!NAME)"
+    elif status == 403:
+        hint = "the API token lacks a privilege; see README 'Proxmox side' for the minimal set " \
+               "(a privilege-separated token needs its own ACL entries)"
+    elif status == 400:
+        hint = "Proxmox refused a parameter; if pvepstore sent it, this is a bug (or an unsupported PVE version)"
+    elif status == 595 or "no such cluster node" in detail:
+        hint = "the node is offline or not in the cluster"
+    elif "does not exist" in detail and "qemu-server" in detail:
+        hint = "the VM is not on that node (migrated?); `pvepstore status` shows where it is"
+    elif status == 501:
+        hint = "this Proxmox VE version lacks the API call; pvepstore needs PVE 8 or 9"
+    else:
+        hint = "see the task log or journalctl -u pvedaemon -u pveproxy on the node"
+    return PveError(message, hint=hint)
+
+
+def connect(cfg: Config, *, dry_run: bool = False) -> PveApi:
+    """A PveApi for the configured transport (nothing is contacted yet)."""
+    api = cfg.api
+    if api.backend == "local":
+        from proxmoxer import ProxmoxAPI
+        prox = ProxmoxAPI(backend="local", timeout=api.timeout)
+        return PveApi(prox, backend="local", endpoint="pvesh (local)", dry_run=dry_run)
+    secret = api.secret()
+    if not secret:
+        raise ConfigError("api.token_value: an API token secret is needed for the https backend",
+                          hint="create one with `pveum user token add root@pam pvepstore --privsep 1` "
+                               "and put the secret in api.token_value_file (chmod 600)")
+    verify: bool | str = api.verify_ssl
+    if isinstance(verify, str):
+        ca = cfg.paths.ca_file(verify)
+        if not ca.is_file():
+            raise ConfigError(f"api.verify_ssl: CA file {ca} does not exist",
+                              hint="on a PVE node it is /etc/pve/pve-root-ca.pem; "
+                                   "set api.verify_ssl to true to use the system CAs")
+        verify = str(ca)
+    from proxmoxer import ProxmoxAPI
+    prox = ProxmoxAPI(api.host, port=api.port, user=api.user, token_name=api.token_name,
+                      token_value=secret, verify_ssl=verify, timeout=api.timeout)
+    return PveApi(prox, backend="https", endpoint=f"https://{api.host}:{api.port}", dry_run=dry_run)
