@@ -13,10 +13,11 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime, timezone
 from importlib import resources
+from typing import Sequence
 
 from ..pstore.model import Kind, ParseResult, Record
 from .crash import Crash
-from .evidence import Evidence, primary_crash, pstore_evidence
+from .evidence import Evidence, EvidenceItem, primary_crash, pstore_evidence
 from .verdict import Verdict, decide
 
 SCHEMA = "incident-v1"
@@ -44,8 +45,11 @@ def vm_identity(vm: dict | None) -> str:
     return f"vm:{vm.get('node', '')}/{vm.get('vmid', '')}"
 
 
-def event_id(vm: dict | None, records: list[Record]) -> str:
+def event_id(vm: dict | None, records: list[Record], ended_boot: str | None = None) -> str:
+    """Deterministic id: the same VM, records (and ended boot) always give the same id."""
     parts = [SCHEMA, vm_identity(vm), *sorted(r.sha256 for r in records)]
+    if ended_boot:
+        parts.append(f"boot:{ended_boot}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
@@ -89,9 +93,21 @@ def build_report(result: ParseResult, *, vm: dict | None = None, now: datetime |
     ``vm`` is optional VM metadata (``vmid``, ``node``, ``name``, ``vm_uuid``);
     ``now`` pins ``generated_at`` (and the event time when no record has one).
     """
+    return build_event(result.records, vm=vm, now=now,
+                       image={"path": result.source, "offset": result.offset})
+
+
+def build_event(records: list[Record], *, vm: dict | None = None, now: datetime | None = None,
+                image: dict | None = None, extra_evidence: Sequence[EvidenceItem] = (),
+                ended_boot: str | None = None, backend: str = "pstore_blk") -> dict:
+    """The CloudEvent for one incident: pstore records plus evidence from other sources.
+
+    ``ended_boot`` (the guest boot id that ended) makes incidents without any
+    record (an unexpected reset) distinct and still deterministic.
+    """
     now = now or datetime.now(timezone.utc)
-    records = [r for r in result.records if not r.erased]
-    evidence = pstore_evidence(records)
+    records = [r for r in records if not r.erased]
+    evidence = pstore_evidence(records, backend=backend) + list(extra_evidence)
     verdict = decide(evidence)
     crashes = [(c, e.record) for e in evidence if isinstance(e, Evidence) for c in e.crashes]
     times = [r.time for r in records if r.time is not None and r.kind is Kind.DMESG]
@@ -99,14 +115,14 @@ def build_report(result: ParseResult, *, vm: dict | None = None, now: datetime |
     vmid = (vm or {}).get("vmid")
     event = {
         "specversion": "1.0",
-        "id": event_id(vm, records),
+        "id": event_id(vm, records, ended_boot),
         "source": f"pvepstore://{node}/qemu/{vmid}" if vmid is not None else f"pvepstore://{node}/image",
         "type": f"io.pvepstore.incident.{verdict.kind.value}.v1",
         "time": _iso(max(times) if times else now),
         "datacontenttype": "application/json",
         "dataschema": SCHEMA_URI,
         "data": build_incident(verdict=verdict, crashes=crashes, records=records, vm=vm,
-                               image={"path": result.source, "offset": result.offset}, now=now),
+                               image=image or {}, now=now),
     }
     if vmid is not None:
         event["subject"] = str(vmid)

@@ -1,0 +1,1 @@
+"""Orchestration above the transports: provisioning, reading, collecting, archiving, forwarding."""

@@ -1,0 +1,165 @@
+"""The incident archive: per VM and incident, the raw records, the report and the evidence.
+
+Layout (under ``state_dir``)::
+
+    archive/<vmid>/<YYYYmmddTHHMMSSZ>-<id12>/
+        incident.json        the CloudEvent (incident-v1)
+        evidence.json        every evidence item the verdict used
+        records/<name>       each record with its exact bytes (safe file names)
+        records.json         name, sha256, size, source of each record
+
+An incident directory is published with one atomic rename, so it is either
+complete or absent; publishing the same incident id twice is a no-op.
+Retention (defaults documented in config.example.yaml) removes the oldest
+incidents beyond a count per VM, an age, or a total size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..errors import InputError
+from ..pstore.model import Record
+from ..text import safe_filename
+from .durable import publish_dir
+
+
+@dataclass(frozen=True)
+class Retention:
+    max_per_vm: int = 100
+    max_age_days: int = 365
+    max_total_mib: int = 1024
+
+
+@dataclass(frozen=True)
+class ArchivedIncident:
+    vmid: int
+    path: Path
+
+    @property
+    def key(self) -> str:
+        return self.path.name
+
+    @property
+    def event(self) -> dict:
+        return json.loads((self.path / "incident.json").read_text())
+
+    def records(self) -> dict[str, bytes]:
+        rdir = self.path / "records"
+        return {p.name: p.read_bytes() for p in sorted(rdir.iterdir())} if rdir.is_dir() else {}
+
+
+class Archive:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _vm_dir(self, vmid: int) -> Path:
+        return self.root / str(int(vmid))
+
+    def find(self, event_id: str, vmid: int | None = None) -> ArchivedIncident | None:
+        dirs = [self._vm_dir(vmid)] if vmid is not None else sorted(self.root.glob("*"))
+        for d in dirs:
+            for inc in d.glob(f"*-{event_id[:12]}"):
+                try:
+                    if json.loads((inc / "incident.json").read_text()).get("id") == event_id:
+                        return ArchivedIncident(int(d.name), inc)
+                except (OSError, ValueError):
+                    continue
+        return None
+
+    def store(self, vmid: int, event: dict, evidence: list[dict], records: list[Record],
+              source: str) -> tuple[ArchivedIncident, bool]:
+        """Archive an incident (idempotent by event id); returns (incident, newly written)."""
+        existing = self.find(event["id"], vmid)
+        if existing is not None:
+            return existing, False
+        stamp = datetime.fromisoformat(event["time"].replace("Z", "+00:00")).astimezone(timezone.utc)
+        name = f"{stamp.strftime('%Y%m%dT%H%M%SZ')}-{event['id'][:12]}"
+        vm_dir = self._vm_dir(vmid)
+        vm_dir.mkdir(parents=True, exist_ok=True)
+        build = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=vm_dir))
+        try:
+            (build / "records").mkdir()
+            index = []
+            used: set[str] = set()
+            for rec in records:
+                fname = safe_filename(rec.name)
+                while fname in used:  # two hostile names that sanitise alike
+                    fname = "_" + fname
+                used.add(fname)
+                (build / "records" / fname).write_bytes(rec.data)
+                index.append({"name": rec.name, "file": fname, "sha256": hashlib.sha256(rec.data).hexdigest(),
+                              "size": len(rec.data), "erased": rec.erased})
+            (build / "records.json").write_text(json.dumps({"source": source, "records": index}, indent=2))
+            (build / "evidence.json").write_text(json.dumps(evidence, indent=2, ensure_ascii=True))
+            (build / "incident.json").write_text(json.dumps(event, indent=2, ensure_ascii=True))
+            build.chmod(0o750)
+            target = vm_dir / name
+            fresh = publish_dir(build, target)
+        except BaseException:
+            shutil.rmtree(build, ignore_errors=True)
+            raise
+        return ArchivedIncident(int(vmid), target), fresh
+
+    def list(self, vmid: int | None = None, since: datetime | None = None) -> list[ArchivedIncident]:
+        out = []
+        dirs = [self._vm_dir(vmid)] if vmid is not None else sorted(self.root.glob("[0-9]*"))
+        for d in dirs:
+            if not d.is_dir():
+                continue
+            for inc in sorted(d.iterdir()):
+                if inc.name.startswith(".") or not (inc / "incident.json").is_file():
+                    continue
+                if since is not None:
+                    stamp = datetime.strptime(inc.name.split("-")[0], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+                    if stamp < since:
+                        continue
+                out.append(ArchivedIncident(int(d.name), inc))
+        return sorted(out, key=lambda i: i.key)
+
+    def get(self, key: str) -> ArchivedIncident:
+        """An incident by directory name, event id, or a unique prefix of either."""
+        if not key:
+            raise InputError("empty incident id")
+        matches = [i for i in self.list() if i.key.startswith(key) or i.event.get("id", "").startswith(key)]
+        if not matches:
+            raise InputError(f"no incident {key!r} in {self.root}", hint="list them with `pvepstore incidents list`")
+        if len(matches) > 1:
+            raise InputError(f"{key!r} matches {len(matches)} incidents", hint="give more characters of the id")
+        return matches[0]
+
+    def prune(self, policy: Retention, now: float | None = None) -> list[Path]:
+        """Apply retention; returns what was removed (oldest first)."""
+        now = now if now is not None else time.time()
+        removed: list[Path] = []
+        everything = self.list()
+        by_vm: dict[int, list[ArchivedIncident]] = {}
+        for inc in everything:
+            by_vm.setdefault(inc.vmid, []).append(inc)
+        doomed: set[Path] = set()
+        for incs in by_vm.values():
+            doomed.update(i.path for i in incs[:-policy.max_per_vm] if len(incs) > policy.max_per_vm)
+        cutoff = now - policy.max_age_days * 86400
+        for inc in everything:
+            stamp = datetime.strptime(inc.key.split("-")[0], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+            if stamp.timestamp() < cutoff:
+                doomed.add(inc.path)
+        sizes = {i.path: sum(f.stat().st_size for f in i.path.rglob("*") if f.is_file()) for i in everything}
+        total = sum(s for p, s in sizes.items() if p not in doomed)
+        for inc in sorted(everything, key=lambda i: i.key.split("-")[0]):
+            if total <= policy.max_total_mib << 20:
+                break
+            if inc.path not in doomed:
+                doomed.add(inc.path)
+                total -= sizes[inc.path]
+        for path in sorted(doomed):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        return removed

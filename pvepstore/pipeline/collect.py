@@ -1,0 +1,174 @@
+"""Collecting one VM: gather → verdict → archive → spool → clear, restartable at every step.
+
+The order is what makes it lose nothing and report nothing twice:
+
+1. **gather** the records (through the guest, from the host volume, or from
+   the ivshmem file) and the boot-end evidence;
+2. build the incident event; its id is a hash of the VM and the records (and
+   the ended boot), so a repeat after a crash builds the *same* event;
+3. **archive** it (one atomic directory rename; a second time is a no-op);
+4. **spool** it in the outbox (atomic file; idempotent by id);
+5. remember the current boot id (the ended boot is now accounted for);
+6. only then **clear** the records that went into it.
+
+``kill -9`` between any two steps leaves the records in place (before 6) or
+already safe (after 6); the next run repeats the missing steps and the
+deterministic id makes the repeats no-ops.  After step 5 a rerun sees no ended
+boot, so the rebuilt event is the records-only one, with the same id as
+before (the ended boot only enters the id of incidents without records).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator, Protocol, Sequence
+
+from ..analysis.bootend import BootEnd, ended_boot_evidence, planned_reboot_evidence
+from ..analysis.evidence import EvidenceItem
+from ..analysis.report import build_event
+from ..errors import VmBusyError
+from ..pstore.model import Record
+from .archive import Archive
+from .durable import read_json, write_json
+from .outbox import Outbox
+
+
+@dataclass
+class Gathered:
+    """What one look at a VM found."""
+
+    source: str  # "guest", "offline" or "ivshmem"
+    records: list[Record]
+    boot_id: str | None = None  # the guest's current boot id, when it answered
+    boot_end: BootEnd | None = None  # how the previous boot ended, when the guest could tell
+    evidence: list[EvidenceItem] = field(default_factory=list)  # e.g. Proxmox tasks
+    backend: str = "pstore_blk"
+
+
+class VmHandle(Protocol):
+    """A VM as the collector sees it, whatever the transport."""
+
+    vmid: int
+    vm: dict  # vmid, node, name (and vm_uuid when known) for the report
+
+    def gather(self) -> Gathered: ...
+
+    def clear(self, records: Sequence[Record]) -> None:
+        """Erase exactly these records (they are archived and spooled)."""
+
+
+@dataclass
+class VmResult:
+    vmid: int
+    status: str  # nothing | collected | skipped | failed
+    message: str = ""
+    incident: str | None = None  # archive key
+    verdict: str | None = None
+    records: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"vmid": self.vmid, "status": self.status, "message": self.message,
+                "incident": self.incident, "verdict": self.verdict, "records": self.records,
+                "seconds": round(self.seconds, 3)}
+
+
+class VmState:
+    """Per-VM bookkeeping under ``<state_dir>/vms/<vmid>.json`` (boot id, last collection)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, vmid: int) -> Path:
+        return self.root / f"{int(vmid)}.json"
+
+    def load(self, vmid: int) -> dict:
+        return read_json(self.path(vmid), {}) or {}
+
+    def update(self, vmid: int, **changes) -> dict:
+        doc = {**self.load(vmid), **changes}
+        write_json(self.path(vmid), doc)
+        return doc
+
+    @contextmanager
+    def locked(self, vmid: int) -> Iterator[None]:
+        """pvepstore's own per-VM lock: one collector per VM at a time (not PVE's config lock)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / f".{int(vmid)}.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise VmBusyError(f"VM {vmid} is being collected by another pvepstore run",
+                                  hint="it will be picked up by the next sweep") from None
+            yield
+        finally:
+            os.close(fd)
+
+
+@dataclass
+class Collector:
+    archive: Archive
+    outbox: Outbox
+    state: VmState
+    sink_names: Sequence[str]
+    clock: Callable[[], float] = time.time
+    # Fault injection for tests: called with the name of each step before it runs.
+    checkpoint: Callable[[str], None] = lambda step: None
+
+    def collect(self, handle: VmHandle) -> VmResult:
+        started = self.clock()
+        with self.state.locked(handle.vmid):
+            result = self._collect(handle)
+        result.seconds = self.clock() - started
+        return result
+
+    def _collect(self, handle: VmHandle) -> VmResult:
+        vmid = handle.vmid
+        self.checkpoint("gather")
+        got = handle.gather()
+        st = self.state.load(vmid)
+        records = [r for r in got.records if not r.erased]
+        ended = None
+        if got.boot_id and st.get("boot_id") and got.boot_id != st["boot_id"]:
+            ended = st["boot_id"]
+        if not records and ended is None:
+            if got.boot_id and got.boot_id != st.get("boot_id"):
+                self.state.update(vmid, boot_id=got.boot_id, last_seen=self.clock())
+            return VmResult(vmid, "nothing", "no records, no ended boot")
+
+        evidence: list[EvidenceItem] = list(got.evidence)
+        if ended is not None:
+            end = got.boot_end if got.boot_end is not None else BootEnd(ended_boot=ended)
+            evidence.append(ended_boot_evidence(end))
+            evidence.extend(planned_reboot_evidence(st.get("planned_reboot")))
+        now = datetime.fromtimestamp(self.clock(), tz=timezone.utc)
+        event = build_event(records, vm=handle.vm, now=now, extra_evidence=evidence,
+                            ended_boot=ended if not records else None, backend=got.backend,
+                            image={"path": f"{got.source}:{vmid}"})
+        verdict = event["data"]["verdict"]
+
+        self.checkpoint("archive")
+        incident, _fresh = self.archive.store(vmid, event, event["data"]["evidence"], records, got.source)
+        self.checkpoint("spool")
+        self.outbox.enqueue(event, self.sink_names)
+        # The ended boot is accounted for before the records go: a crash after this
+        # point rebuilds the same records-only event id, never a second "reset" incident.
+        self.checkpoint("state")
+        changes = {"last_incident": incident.key, "last_collection": self.clock()}
+        if got.boot_id:
+            changes["boot_id"] = got.boot_id
+        if ended is not None:
+            changes["planned_reboot"] = None
+        self.state.update(vmid, **changes)
+        if records:
+            self.checkpoint("clear")
+            handle.clear(records)
+        return VmResult(vmid, "collected", verdict["summary"], incident=incident.key,
+                        verdict=verdict["kind"], records=len(records))
