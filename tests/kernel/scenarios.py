@@ -237,6 +237,19 @@ SCENARIOS = [
         params={"kmsg_size": 64, "pmsg_size": 4, "console_size": 4},
         expected=["console-pstore_blk-0", "dmesg-pstore_blk-0", "pmsg-pstore_blk-0"],
     ),
+    Scenario(
+        "pmsg-overwritten-next-boot",
+        "Custom kernel, pmsg_size=16 console_size=64. Boot 1: 40 pmsg lines (2560 B). "
+        "Boot 2: one short pmsg write -> it starts again at data offset 0, the header "
+        "says datalen=start=n and the rest of boot 1's text stays on disk after it; "
+        "boot 2 also overwrites the console zone with its own log. The kernel shows only "
+        "boot 2's pmsg line and boot 2's console log.",
+        kernel="custom",
+        boots=[[("pmsg_lines", 40, "boot1"), ("sleep", 2)],
+               [("pmsg", "boot2: short\n"), ("sleep", 2)]],
+        params={"kmsg_size": 64, "pmsg_size": 16, "console_size": 64},
+        expected=["console-pstore_blk-0", "pmsg-pstore_blk-0"],
+    ),
 ]
 
 BY_NAME = {s.name: s for s in SCENARIOS}
