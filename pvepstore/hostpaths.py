@@ -73,6 +73,10 @@ class HostPaths:
         """A path taken from storage.cfg (dir/nfs/cifs mount points, snippets)."""
         return self._at(path)
 
+    def storage_mount(self, storeid: str) -> Path:
+        """Default mount point of a network storage without ``path`` (nfs, cifs, cephfs)."""
+        return self._at(f"/mnt/pve/{storeid}")
+
     def lvm_device(self, vgname: str, lvname: str) -> Path:
         """An LV's device node (present only while the LV is active)."""
         return self._at(f"/dev/{vgname}/{lvname}")

@@ -278,11 +278,22 @@ class FakePve:
     def place_image(self, volid: str, image: Path) -> None:
         """Replace a volume's bytes with an image file (a real-kernel fixture)."""
         vol = self.volumes[volid]
-        data = Path(image).read_bytes()
-        with open(vol.backing, "r+b") as f:
-            f.truncate(0)
-            f.write(data)
-        vol.size = len(data)
+        size = Path(image).stat().st_size
+        with open(image, "rb") as src, open(vol.backing, "r+b") as dst:
+            dst.truncate(0)
+            dst.truncate(size)
+            pos = 0
+            while pos < size:  # copy the data extents only: the volume stays sparse
+                try:
+                    pos = os.lseek(src.fileno(), pos, os.SEEK_DATA)
+                except OSError:
+                    break
+                end = os.lseek(src.fileno(), pos, os.SEEK_HOLE)
+                src.seek(pos)
+                dst.seek(pos)
+                dst.write(src.read(end - pos))
+                pos = end
+        vol.size = size
 
     def volume_bytes(self, volid: str) -> bytes:
         return self.volumes[volid].backing.read_bytes()
