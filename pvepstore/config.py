@@ -85,6 +85,21 @@ class ScopeConfig:
 
 
 @dataclass(frozen=True)
+class CollectConfig:
+    concurrency: int = 8  # VMs collected at once
+    vm_timeout: float = 300.0  # seconds one VM may take before the sweep moves on
+    max_record_bytes: int = 4 << 20  # per record read through the guest
+    offline: bool = True  # read stopped VMs' volumes on the host
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    max_incidents_per_vm: int = 100
+    max_age_days: int = 365
+    max_total_mib: int = 1024
+
+
+@dataclass(frozen=True)
 class VmConfig:
     """Per-VM overrides: ``vms: {101: {ssh: {...}, disk: {...}, backend: ...}}``."""
 
@@ -104,6 +119,9 @@ class Config:
     disk: DiskConfig = DiskConfig()
     pstore_blk: PstoreBlkConfig = PstoreBlkConfig()
     scope: ScopeConfig = ScopeConfig()
+    collect: CollectConfig = CollectConfig()
+    retention: RetentionConfig = RetentionConfig()
+    sinks: tuple[Mapping[str, Any], ...] = ()
     vms: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
     source: str | None = None  # the file this came from (for messages)
 
@@ -151,7 +169,7 @@ def load_config(path: str | os.PathLike[str] | None = None,
 
 
 def parse_config(data: Mapping[str, Any]) -> Config:
-    _known(data, Config, "", extra={"vms"})
+    _known(data, Config, "", extra={"vms", "sinks"})
     vms_raw = data.get("vms") or {}
     if not isinstance(vms_raw, dict):
         raise ConfigError("vms: must be a mapping of VM id to overrides")
@@ -166,6 +184,9 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         disk=_section(DiskConfig, base.get("disk"), "disk"),
         pstore_blk=_section(PstoreBlkConfig, base.get("pstore_blk"), "pstore_blk"),
         scope=_section(ScopeConfig, base.get("scope"), "scope"),
+        collect=_section(CollectConfig, base.get("collect"), "collect"),
+        retention=_section(RetentionConfig, base.get("retention"), "retention"),
+        sinks=_sinks(base.get("sinks")),
     )
     if not os.path.isabs(cfg.host_root):
         raise ConfigError(f"host_root: must be an absolute path (got {cfg.host_root!r})")
@@ -279,9 +300,29 @@ def _check_section(obj: Any, name: str) -> None:
                               hint="the kernel turns other values into 4 KiB zones")
         if not 1 <= obj.max_reason <= 4:
             raise ConfigError(f"{name}.max_reason: must be 1..4")
+    elif isinstance(obj, CollectConfig):
+        if not 1 <= obj.concurrency <= 256:
+            raise ConfigError(f"{name}.concurrency: must be 1..256")
+        if obj.max_record_bytes < 4096:
+            raise ConfigError(f"{name}.max_record_bytes: must be at least 4096")
+    elif isinstance(obj, RetentionConfig):
+        for f in fields(obj):
+            if getattr(obj, f.name) < 1:
+                raise ConfigError(f"{name}.{f.name}: must be a positive integer")
     elif isinstance(obj, ScopeConfig):
         if obj.tag is not None and not re.fullmatch(r"[a-z0-9_][a-z0-9_+.-]*", obj.tag, re.I):
             raise ConfigError(f"{name}.tag: not a valid Proxmox tag ({obj.tag!r})")
+
+
+def _sinks(raw: Any) -> tuple[Mapping[str, Any], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(s, dict) for s in raw):
+        raise ConfigError("sinks: must be a list of mappings, each with a type")
+    from .pipeline.sinks import build_sinks
+
+    build_sinks(raw)  # validates every entry now, naming sinks.<i>.<key>
+    return tuple(raw)
 
 
 def _str(data: Mapping, key: str, default: str) -> str:

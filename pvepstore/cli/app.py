@@ -42,8 +42,8 @@ def _root(ctx: typer.Context,
           version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="Show the version and exit."),
           config: str = typer.Option(None, "--config", metavar="FILE",
-                                     help="Configuration file [default: $PVEPSTORE_CONFIG or "
-                                          "/etc/pvepstore/config.yaml].")) -> None:
+                                     help="Configuration file (default: $PVEPSTORE_CONFIG or "
+                                          "/etc/pvepstore/config.yaml).")) -> None:
     """pvepstore reads, explains and forwards the pstore records of Proxmox VE guests."""
     if config is not None:
         env_of(ctx).config_path = config
@@ -52,6 +52,7 @@ def _root(ctx: typer.Context,
 # Commands register themselves on `app` when their module is imported.
 from . import parse as _parse  # noqa: E402,F401
 from . import explain as _explain  # noqa: E402,F401
+from . import collect as _collect  # noqa: E402,F401
 
 
 def main(args: Sequence[str] | None = None, env: Environment | None = None) -> ExitStatus:

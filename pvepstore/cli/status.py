@@ -17,6 +17,7 @@ class ExitStatus(IntEnum):
     GUEST = 5  # a guest is unreachable or refused (SSH, host key, sudo)
     PVE = 6  # the Proxmox API refused a request or a task failed
     BUSY = 7  # the VM is running, locked or its config lock is held: try again later
+    PARTIAL = 8  # a sweep finished, but some VMs failed (see the per-VM results)
     CTRL_C = 130
 
 

@@ -24,7 +24,7 @@ import fcntl
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator, Protocol, Sequence
@@ -37,6 +37,9 @@ from ..pstore.model import Record
 from .archive import Archive
 from .durable import read_json, write_json
 from .outbox import Outbox
+
+
+ARCHIVED_MEMORY = 2048  # record hashes remembered as "archived, maybe not cleared yet"
 
 
 @dataclass
@@ -135,6 +138,14 @@ class Collector:
         got = handle.gather()
         st = self.state.load(vmid)
         records = [r for r in got.records if not r.erased]
+        # Records already archived and spooled whose clearing failed or was cut short:
+        # clear them again, never report them twice.
+        archived = set(st.get("archived", []))
+        leftovers = [r for r in records if r.sha256 in archived]
+        records = [r for r in records if r.sha256 not in archived]
+        if leftovers:
+            self.checkpoint("clear")
+            handle.clear(leftovers)
         ended = None
         if got.boot_id and st.get("boot_id") and got.boot_id != st["boot_id"]:
             ended = st["boot_id"]
@@ -145,9 +156,12 @@ class Collector:
 
         evidence: list[EvidenceItem] = list(got.evidence)
         if ended is not None:
-            end = got.boot_end if got.boot_end is not None else BootEnd(ended_boot=ended)
+            end = replace(got.boot_end, ended_boot=ended) if got.boot_end else BootEnd(ended_boot=ended)
             evidence.append(ended_boot_evidence(end))
             evidence.extend(planned_reboot_evidence(st.get("planned_reboot")))
+            more = getattr(handle, "boot_end_evidence", None)
+            if more is not None:
+                evidence.extend(more())
         now = datetime.fromtimestamp(self.clock(), tz=timezone.utc)
         event = build_event(records, vm=handle.vm, now=now, extra_evidence=evidence,
                             ended_boot=ended if not records else None, backend=got.backend,
@@ -161,7 +175,8 @@ class Collector:
         # The ended boot is accounted for before the records go: a crash after this
         # point rebuilds the same records-only event id, never a second "reset" incident.
         self.checkpoint("state")
-        changes = {"last_incident": incident.key, "last_collection": self.clock()}
+        changes = {"last_incident": incident.key, "last_collection": self.clock(),
+                   "archived": (st.get("archived", []) + [r.sha256 for r in records])[-ARCHIVED_MEMORY:]}
         if got.boot_id:
             changes["boot_id"] = got.boot_id
         if ended is not None:

@@ -72,6 +72,7 @@ def run_sweep(targets: Sequence[Target], collector: Collector, sinks: Sequence[S
 
     def visit(vmid: int, opener: Callable[[], VmHandle]) -> VmResult:
         t0 = clock()
+        handle = None
         try:
             handle = opener()
             res = collector.collect(handle)
@@ -81,6 +82,13 @@ def run_sweep(targets: Sequence[Target], collector: Collector, sinks: Sequence[S
             res = VmResult(vmid, "failed", exc.message + (f" ({exc.hint})" if exc.hint else ""))
         except Exception as exc:  # one VM's bug must not end the sweep of the others
             res = VmResult(vmid, "failed", f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            close = getattr(handle, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # closing a dead connection must not hide the result
+                    pass
         res.seconds = clock() - t0
         return res
 

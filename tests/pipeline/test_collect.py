@@ -141,3 +141,16 @@ def test_kill_9_at_each_step_then_a_new_run(tmp_path, step):
     # no stray temporary files survive the kill
     leftovers = [p for p in (tmp_path / "state").rglob(".*") if p.name.endswith(".tmp") or ".2" in p.name]
     assert not [p for p in leftovers if p.is_file() and p.suffix == ".tmp"]
+
+
+def test_a_record_that_could_not_be_cleared_is_cleared_later_not_reported_again(tmp_path):
+    vm = FileVm(tmp_path / "vm")
+    vm.set_boot("boot-a")
+    vm.add("dmesg-pstore_blk-0", oops_text())
+    real_clear = vm.clear
+    vm.clear = lambda records: None  # the guest refused to unlink
+    collector(tmp_path / "state").collect(vm)
+    vm.clear = real_clear
+    res = collector(tmp_path / "state").collect(vm)
+    assert res.status == "nothing" and vm.cleared == ["dmesg-pstore_blk-0"]
+    assert len(Archive(tmp_path / "state" / "archive").list()) == 1

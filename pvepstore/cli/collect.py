@@ -1,0 +1,284 @@
+"""``collect``, ``sweep``, ``incidents``, ``reboot`` and ``install-timer``: the collection pipeline."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from datetime import datetime, timedelta, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import ConfigError, InputError, UsageError
+from ..text import terminal_safe
+from .app import app, env_of
+from .environment import Environment
+from .status import ExitStatus
+
+incidents_app = typer.Typer(help="Browse the incident archive.", no_args_is_help=True)
+app.add_typer(incidents_app, name="incidents")
+
+
+def _pipeline(env: Environment):
+    from ..pipeline.archive import Archive
+    from ..pipeline.collect import Collector, VmState
+    from ..pipeline.outbox import Outbox
+    from ..pipeline.sinks import build_sinks
+
+    cfg = env.load_config()
+    state = Path(cfg.state_dir)
+    sinks = build_sinks(list(cfg.sinks))
+    collector = Collector(Archive(state / "archive"), Outbox(state / "outbox"), VmState(state / "vms"),
+                          [s.name for s in sinks])
+    return cfg, collector, sinks
+
+
+def _describe(res) -> str:
+    parts = [f"vm={res.vmid}", f"status={res.status}"]
+    if res.verdict:
+        parts.append(f"verdict={res.verdict}")
+    if res.incident:
+        parts.append(f"incident={res.incident}")
+    if res.message:
+        parts.append(f"message={json.dumps(terminal_safe(res.message))}")
+    return " ".join(parts)
+
+
+@app.command("collect")
+def collect_command(ctx: typer.Context, vmid: int = typer.Argument(..., help="VM id."),
+                    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")) -> int:
+    """Collect one VM now: read its records, archive, forward, clear."""
+    from ..pipeline.handles import open_vm
+    from ..pve.api import connect
+    from ..pve.inventory import local_node, locate
+
+    env = env_of(ctx)
+    cfg, collector, sinks = _pipeline(env)
+    api = connect(cfg)
+    handle = open_vm(cfg, api, locate(api, vmid), local_node(cfg), allow_offline=cfg.collect.offline)
+    try:
+        res = collector.collect(handle)
+    finally:
+        close = getattr(handle, "close", None)
+        if close:
+            close()
+    delivery = collector.outbox.deliver(sinks)
+    if as_json:
+        env.out(json.dumps({**res.to_json(), "delivery": {"delivered": len(delivery.delivered),
+                                                           "failed": delivery.failed, "pending": delivery.pending}},
+                           indent=2, ensure_ascii=True))
+    else:
+        env.out(_describe(res))
+        for sink, error in delivery.failed.items():
+            env.out(f"delivery to {sink} failed (will retry): {terminal_safe(error)}")
+    return ExitStatus.SUCCESS
+
+
+@app.command("sweep")
+def sweep_command(ctx: typer.Context,
+                  all_nodes: bool = typer.Option(False, "--all-nodes",
+                                                 help="Also VMs of other nodes (running ones only)."),
+                  as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+                  quiet: bool = typer.Option(False, "--quiet", "-q", help="Only report failures."),
+                  concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, max=256)) -> int:
+    """Collect every in-scope VM of this node (the timer's job). Exit 8 if some VMs failed."""
+    from ..pipeline.archive import Retention
+    from ..pipeline.handles import open_vm
+    from ..pipeline.sweep import SweepBusy, run_sweep, sweep_lock
+    from ..pve.api import connect
+    from ..pve.inventory import in_scope, list_vms, local_node
+
+    env = env_of(ctx)
+    cfg, collector, sinks = _pipeline(env)
+    local = local_node(cfg)
+    try:
+        with sweep_lock(Path(cfg.state_dir)):
+            api = connect(cfg)
+            refs = [r for r in in_scope(cfg, list_vms(api)) if all_nodes or r.node == local]
+            targets = [(r.vmid, (lambda r=r: open_vm(cfg, api, r, local, allow_offline=cfg.collect.offline)))
+                       for r in refs]
+            tty = getattr(env.stderr, "isatty", lambda: False)()
+
+            def progress(done: int, total: int, res) -> None:
+                if tty and not as_json:
+                    env.stderr.write(f"\r[{done}/{total}] VM {res.vmid}: {res.status:<10}")
+                    env.stderr.flush()
+                elif not as_json and (not quiet or res.status == "failed"):
+                    env.stderr.write(f"pvepstore: {_describe(res)}\n")
+
+            result = run_sweep(targets, collector, sinks, concurrency=concurrency or cfg.collect.concurrency,
+                               vm_timeout=cfg.collect.vm_timeout, progress=progress)
+            if tty and not as_json and targets:
+                env.stderr.write("\n")
+            r = cfg.retention
+            collector.archive.prune(Retention(r.max_incidents_per_vm, r.max_age_days, r.max_total_mib))
+    except SweepBusy as exc:
+        env.stderr.write(f"pvepstore: {exc}; nothing to do\n")
+        return ExitStatus.SUCCESS
+    if as_json:
+        env.out(json.dumps(result.to_json(), indent=2, ensure_ascii=True))
+    elif not quiet:
+        for res in result.results:
+            if res.status != "nothing":
+                env.out(_describe(res))
+        counts = result.to_json()["counts"]
+        env.out(f"{len(result.results)} VMs in {result.seconds:.1f} s: "
+                + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    if result.delivery and result.delivery.failed:
+        for sink, error in result.delivery.failed.items():
+            env.stderr.write(f"pvepstore: delivery to {sink} failed (spooled, will retry): {terminal_safe(error)}\n")
+    return ExitStatus.PARTIAL if result.failed else ExitStatus.SUCCESS
+
+
+def _since(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    m = re.fullmatch(r"(\d+)([smhdw])", text)
+    if m:
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[m.group(2)]
+        return datetime.now(timezone.utc) - timedelta(**{unit: int(m.group(1))})
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--since {text!r}: not a date or a duration",
+                         hint="use e.g. 2026-11-01, 2026-11-01T12:00Z or 7d") from None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+@incidents_app.command("list")
+def incidents_list(ctx: typer.Context, vm: Optional[int] = typer.Option(None, "--vm", help="Only this VM."),
+                   since: Optional[str] = typer.Option(None, "--since", help="Date/time (UTC) or e.g. 7d."),
+                   as_json: bool = typer.Option(False, "--json")) -> int:
+    """List archived incidents, oldest first."""
+    from ..pipeline.archive import Archive
+
+    env = env_of(ctx)
+    cfg = env.load_config()
+    items = Archive(Path(cfg.state_dir) / "archive").list(vm, _since(since))
+    rows = []
+    for inc in items:
+        data = inc.event.get("data", {})
+        verdict = data.get("verdict", {})
+        rows.append({"id": inc.key, "vmid": inc.vmid, "time": inc.event.get("time"), "event_id": inc.event.get("id"),
+                     "verdict": verdict.get("kind"), "severity": verdict.get("severity"),
+                     "summary": verdict.get("summary")})
+    if as_json:
+        env.out(json.dumps(rows, indent=2, ensure_ascii=True))
+        return ExitStatus.SUCCESS
+    if not rows:
+        env.out("no incidents")
+    for row in rows:
+        env.out(f"{row['id']}  VM {row['vmid']:<6} {row['verdict'] or '?':<17} "
+                f"{terminal_safe(str(row['summary'] or ''))[:90]}")
+    return ExitStatus.SUCCESS
+
+
+@incidents_app.command("show")
+def incidents_show(ctx: typer.Context, incident: str = typer.Argument(..., help="Incident id (or a prefix)."),
+                   as_json: bool = typer.Option(False, "--json", help="Print the incident report (CloudEvent)."),
+                   text: bool = typer.Option(True, "--text/--no-text", help="Include the record texts.")) -> int:
+    """Show one archived incident: verdict, evidence, crash, records."""
+    from ..pipeline.archive import Archive
+
+    env = env_of(ctx)
+    cfg = env.load_config()
+    inc = Archive(Path(cfg.state_dir) / "archive").get(incident)
+    event = inc.event
+    if as_json:
+        env.out(json.dumps(event, indent=2, ensure_ascii=True))
+        return ExitStatus.SUCCESS
+    data = event.get("data", {})
+    verdict = data.get("verdict", {})
+    safe = lambda v: terminal_safe(str(v))  # noqa: E731 - every value here came from a guest
+    env.out(f"incident {inc.key}  (event {event.get('id')})")
+    env.out(f"VM {inc.vmid}  time {event.get('time')}")
+    env.out(f"verdict: {safe(verdict.get('kind'))} ({safe(verdict.get('severity'))}, "
+            f"{safe(verdict.get('confidence'))} confidence): {safe(verdict.get('summary'))}")
+    sig = data.get("signature") or {}
+    if sig:
+        env.out(f"signature: {safe(sig.get('chromeos'))}  duphash {safe(sig.get('abrt_duphash'))}")
+    env.out("evidence:")
+    for e in data.get("evidence", []):
+        env.out(f"  [{safe(e.get('source'))}] {safe(e.get('suggests') or '-')}: {safe(e.get('summary'))}")
+    records = inc.records()
+    env.out(f"records ({len(records)}): " + ", ".join(safe(n) for n in records))
+    if text:
+        for name, data_bytes in records.items():
+            env.out(f"\n==> {safe(name)} <==")
+            env.out(terminal_safe(data_bytes.decode("utf-8", "replace")).rstrip("\n"))
+    return ExitStatus.SUCCESS
+
+
+@app.command("reboot")
+def reboot_command(ctx: typer.Context, vmid: int = typer.Argument(..., help="VM id."),
+                   reason: str = typer.Option(..., "--reason", help="Why (recorded as the boot's end)."),
+                   as_json: bool = typer.Option(False, "--json")) -> int:
+    """Reboot a guest with a recorded reason: the next verdict is ``orderly_reboot: REASON``."""
+    from ..pipeline.collect import VmState
+    from ..pipeline.handles import open_vm
+    from ..pve.api import connect
+    from ..pve.inventory import local_node, locate
+
+    env = env_of(ctx)
+    cfg = env.load_config()
+    reason = reason.strip()
+    if not reason or len(reason) > 500:
+        raise UsageError("--reason must be 1-500 characters")
+    api = connect(cfg)
+    handle = open_vm(cfg, api, locate(api, vmid), local_node(cfg), allow_offline=False)
+    state = VmState(Path(cfg.state_dir) / "vms")
+    plan = {"reason": reason, "time": time.time(), "user": _who(env)}
+    try:
+        # Recorded before the reboot, so the verdict of the next collection can use it.
+        with state.locked(vmid):
+            state.update(vmid, planned_reboot=plan)
+        plan["boot_id"] = handle.guest.reboot()
+    finally:
+        handle.close()
+    if as_json:
+        env.out(json.dumps({"vmid": vmid, **plan}, indent=2, ensure_ascii=True))
+    else:
+        env.out(f"VM {vmid}: rebooting; reason recorded: {terminal_safe(reason)}")
+    return ExitStatus.SUCCESS
+
+
+def _who(env: Environment) -> str:
+    return env.environ.get("SUDO_USER") or env.environ.get("USER") or getpass.getuser()
+
+
+@app.command("install-timer")
+def install_timer(ctx: typer.Context,
+                  unit_dir: Path = typer.Option(Path("/etc/systemd/system"), "--unit-dir",
+                                                help="Where to write the units."),
+                  enable: bool = typer.Option(True, "--enable/--no-enable",
+                                              help="Reload systemd and enable the timer.")) -> int:
+    """Install and enable pvepstore-sweep.service + .timer (a sweep every 5 minutes)."""
+    env = env_of(ctx)
+    program = shutil.which("pvepstore") or shutil.which(os.path.basename(env.program_name))
+    if not program:
+        raise ConfigError("cannot find the pvepstore program on PATH",
+                          hint="install pvepstore (pip install .) so that `pvepstore` is on PATH")
+    unit_dir.mkdir(parents=True, exist_ok=True)
+    units = resources.files("pvepstore.data").joinpath("systemd")
+    for name in ("pvepstore-sweep.service", "pvepstore-sweep.timer"):
+        text = units.joinpath(name).read_text().replace("@PVEPSTORE@", os.path.abspath(program))
+        (unit_dir / name).write_text(text)
+        env.out(f"wrote {unit_dir / name}")
+    if enable:
+        if not shutil.which("systemctl"):
+            raise InputError("systemctl not found: the units are written but not enabled",
+                             hint="enable them by hand, or use contrib/pvepstore.cron")
+        for cmd in (["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", "pvepstore-sweep.timer"]):
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise InputError(f"{' '.join(cmd)} failed: {terminal_safe(proc.stderr.strip())[:200]}",
+                                 hint="is systemd running here?")
+        env.out("enabled pvepstore-sweep.timer")
+    return ExitStatus.SUCCESS

@@ -1,0 +1,159 @@
+"""VM handles for the collector: the same gather/clear over different transports.
+
+* :class:`GuestVm` — a running guest over SSH (one connection, two commands when
+  there is nothing to collect: read /sys/fs/pstore, boot history);
+* :class:`OfflineVm` — a powered-off VM's volume on the host (PVE's lock, checks);
+* :func:`open_vm` picks one from the VM's state.
+
+Proxmox task-log evidence is fetched only when a boot ended (it costs an API call).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Sequence
+
+from ..analysis.bootend import BootEnd, task_evidence
+from ..analysis.evidence import EvidenceItem
+from ..errors import GuestError
+from ..guest import Guest
+from ..pstore.files import record_from_file
+from ..pstore.model import Record
+from .collect import Gathered
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+_POWEROFF = re.compile(r"Power-Off|Power down|powering down|System Halt|halting", re.I)
+
+
+def boot_end_from_history(history) -> BootEnd:
+    """The guest's BootHistory as a BootEnd (``orderly`` reboot/poweroff/none/unknown)."""
+    orderly = None
+    if history.previous_orderly is True:
+        tail = "\n".join(history.previous_tail[-30:])
+        orderly = "poweroff" if _POWEROFF.search(tail) else "reboot"
+    elif history.previous_orderly is False:
+        orderly = "none"
+    detail = f"previous kernel {history.previous_kernel}" if history.previous_kernel else ""
+    return BootEnd(ended_boot=None, orderly=orderly, kernel=history.previous_kernel, detail=detail)
+
+
+@dataclass
+class GuestVm:
+    vmid: int
+    vm: dict
+    guest: Guest
+    max_record_bytes: int = 4 << 20
+    # Returns the Proxmox tasks of this VM since a time (None: no API available).
+    tasks: Callable[[float | None], list[dict]] | None = None
+    backend: str = "pstore_blk"
+    _window: tuple[float, float] | None = field(default=None, repr=False)
+
+    def gather(self) -> Gathered:
+        found = self.guest.read_records(max_bytes=max(self.max_record_bytes * 4, 16 << 20),
+                                        record_bytes=self.max_record_bytes)
+        history = self.guest.boot_history()
+        records: list[Record] = []
+        for g in found:
+            if g.truncated:
+                raise GuestError(f"VM {self.vmid}: record {g.name} is larger than the "
+                                 f"{self.max_record_bytes}-byte limit; not collected",
+                                 hint="raise collect.max_record_bytes if the guest is trusted")
+            rec = record_from_file(g.name, g.data, g.mtime)
+            if rec is not None:
+                records.append(rec)
+        if history.uptime is not None and history.now is not None:
+            # Whatever ended the previous boot happened shortly before this boot started.
+            started = history.now - history.uptime
+            self._window = (started - 600, started + 60)
+        return Gathered(source="guest", records=records, boot_id=history.boot_id or None,
+                        boot_end=boot_end_from_history(history), backend=self.backend)
+
+    def boot_end_evidence(self) -> list[EvidenceItem]:
+        """Proxmox tasks around the start of the current boot (only asked when a boot ended)."""
+        if self.tasks is None:
+            return []
+        since, until = self._window or (time.time() - 3600, time.time())
+        return task_evidence(self.tasks(since), since=since, until=until)
+
+    def close(self) -> None:
+        self.guest.close()
+
+    def clear(self, records: Sequence[Record]) -> None:
+        result = self.guest.clear([r.name for r in records])
+        failed = {n: why for n, why in result.not_cleared.items() if why != "gone"}
+        if failed:
+            # The records are safe already; the next run clears them again.
+            bad = ", ".join(f"{n}: {why}" for n, why in sorted(failed.items()))
+            raise GuestError(f"VM {self.vmid}: could not clear {bad}",
+                             hint="the records are archived; the next sweep clears them again")
+
+
+@dataclass
+class OfflineVm:
+    """A powered-off VM's pstore volume, read and cleared on the host under PVE's config lock.
+
+    Reading and clearing are two short lock holds; the clear re-reads the volume
+    and erases only records whose bytes are still exactly the ones archived.
+    """
+
+    vmid: int
+    vm: dict
+    cfg: "Config"
+    runner: object | None = None
+
+    def _parse(self, path):
+        from ..pve import state
+        from ..pve.offline import parse_volume
+
+        return parse_volume(path, state.recorded_params(self.cfg, self.vmid))[0]
+
+    def gather(self) -> Gathered:
+        from ..pve.offline import open_volume
+
+        with open_volume(self.cfg, self.vmid, self.runner) as (_node, _volume, path):
+            result = self._parse(path)
+        return Gathered(source="offline", records=[r for r in result.records if not r.erased])
+
+    def clear(self, records: Sequence[Record]) -> None:
+        from ..pve.offline import erase_records, open_volume
+
+        with open_volume(self.cfg, self.vmid, self.runner) as (_node, _volume, path):
+            result = self._parse(path)
+            current = {r.name: r.sha256 for r in result.records if not r.erased}
+            names = [r.name for r in records if current.get(r.name) == r.sha256]
+            if names:
+                erase_records(path, result, names)
+
+
+def open_vm(cfg: "Config", api, ref, local: str, *, allow_offline: bool = True):
+    """The right handle for one VM: the guest when it runs, its volume when it is off."""
+    from ..guest import GuestTarget, SshTransport
+    from ..pve.address import resolve_address
+
+    node, vmid = ref.node, ref.vmid
+    vm = {"vmid": vmid, "node": node, "name": ref.name}
+    status = api.get(f"nodes/{node}/qemu/{vmid}/status/current") or {}
+    if status.get("status") == "running":
+        conf = api.get(f"nodes/{node}/qemu/{vmid}/config") or {}
+        vm_cfg = cfg.for_vm(vmid)
+        address = resolve_address(api, node, vmid, vm_cfg.ssh, conf)
+        target = GuestTarget.from_config(vm_cfg.ssh, host=address.host, label=f"VM {vmid}")
+        guest = Guest(SshTransport.connect(target), target.where)
+
+        def tasks(since: float | None) -> list[dict]:
+            params = {"vmid": vmid, "limit": 50, "source": "all"}
+            if since is not None:
+                params["since"] = max(0, int(since))
+            return api.get(f"nodes/{node}/tasks", **params) or []
+
+        return GuestVm(vmid, vm, guest, cfg.collect.max_record_bytes, tasks, backend=vm_cfg.backend)
+    if node != local:
+        raise GuestError(f"VM {vmid} is {status.get('status', 'not running')} on node {node}",
+                         hint="its volume can only be read on the node that owns it; run the sweep there")
+    if not allow_offline:
+        raise GuestError(f"VM {vmid} is not running", hint="collect.offline is off in the config")
+    return OfflineVm(vmid, vm, cfg)
