@@ -68,6 +68,10 @@ class HostPaths:
         """The shared-memory file QEMU backs an ``ivshmem: name=...`` device with."""
         return self._at(f"/dev/shm/pve-shm-{name}")
 
+    def ivshmem_keep(self, name: str) -> Path:
+        """pvepstore's second link to that file: it outlives PVE's unlink at VM stop."""
+        return self._at(f"/dev/shm/pvepstore-keep-{name}")
+
     # -- storages -----------------------------------------------------------------
     def storage_path(self, path: str) -> Path:
         """A path taken from storage.cfg (dir/nfs/cifs mount points, snippets)."""

@@ -129,13 +129,46 @@ class OfflineVm:
                 erase_records(path, result, names)
 
 
+@dataclass
+class IvshmemVm:
+    """ramoops on an ivshmem device, read from the host's shm file: no SSH, any VM state.
+
+    The records themselves say how boots ended (Panic, Shutdown, Emergency dumps).
+    """
+
+    vmid: int
+    vm: dict
+    cfg: "Config"
+    _image: object = field(default=None, repr=False)
+
+    def gather(self) -> Gathered:
+        from ..pve import ivshmem
+
+        self._image = ivshmem.read_image(self.cfg, self.vmid)
+        result = ivshmem.parse_image(self.cfg, self.vmid, self._image)
+        return Gathered(source=f"ivshmem-{self._image.source}", records=list(result.records),
+                        backend="ramoops")
+
+    def clear(self, records: Sequence[Record]) -> None:
+        from ..pve import ivshmem
+
+        if self._image is not None:
+            ivshmem.clear_records(self.cfg, self.vmid, self._image, records)
+
+
 def open_vm(cfg: "Config", api, ref, local: str, *, allow_offline: bool = True):
-    """The right handle for one VM: the guest when it runs, its volume when it is off."""
+    """The right handle for one VM: ivshmem memory on this host, else the guest when it
+    runs, else its volume when it is off."""
     from ..guest import GuestTarget, SshTransport
     from ..pve.address import resolve_address
 
     node, vmid = ref.node, ref.vmid
     vm = {"vmid": vmid, "node": node, "name": ref.name}
+    if cfg.for_vm(vmid).backend == "ivshmem":
+        if node != local:
+            raise GuestError(f"VM {vmid} runs on node {node}: its ivshmem records are in that "
+                             "node's /dev/shm", hint="run the sweep on every node")
+        return IvshmemVm(vmid, vm, cfg)
     status = api.get(f"nodes/{node}/qemu/{vmid}/status/current") or {}
     if status.get("status") == "running":
         conf = api.get(f"nodes/{node}/qemu/{vmid}/config") or {}

@@ -1,0 +1,235 @@
+"""The ivshmem backend on the host: ramoops memory that survives panics, reboots and VM stops.
+
+Proxmox backs ``ivshmem: size=1,name=<name>`` with ``/dev/shm/pve-shm-<name>``
+and **unlinks that file whenever the VM stops** (``vm_stop_cleanup``, before
+the ``post-stop`` hook runs); QEMU reopens an existing file at start without
+clearing it (../shared/reference/panic-capable-backends.md).  So pvepstore's
+hookscript keeps the records alive:
+
+* ``post-start``: hard-link the live file as ``/dev/shm/pvepstore-keep-<name>``
+  (same inode: every byte the guest writes is in both names);
+* ``post-stop``: PVE has unlinked its name; the keep link still holds the data.
+  Copy it to ``<state_dir>/ivshmem/<vmid>.bin`` (durable: /dev/shm is lost when
+  the host reboots);
+* ``pre-start``: if the live file is missing, link the keep file back under
+  PVE's name (or restore the durable copy), so QEMU maps the old records.
+
+A VM has one hookscript.  pvepstore writes one per VM; if the operator already
+has one, pvepstore's script runs it after its own step with the same arguments
+(its exit status is what PVE sees), and unprovision puts it back.
+
+Reading: the live file of a running, hung or paused VM (a snapshot taken until
+two reads agree), else the keep link, else the durable copy.  Clearing zaps a
+ramoops zone header exactly as the kernel's erase does (``start = size = 0``)
+and only while the zone still holds the bytes that were archived.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from ..config import Config
+from ..errors import InputError, PveError
+from ..hostpaths import HostPaths
+from ..pstore import BytesSource, ParseResult, RamoopsParams, read_ramoops
+from ..pstore.model import Record
+from ..pstore.ramoops import PRZ_HEADER
+from . import state
+
+HOOK_NAME = "pvepstore-hook-{vmid}.sh"
+SHM_MIB = 1  # ivshmem: size=1 (MiB)
+MAX_SHM = 64 << 20  # never read more than this from a shm file (a bigger one is not ours)
+HOOK_TEMPLATE = """#!/bin/sh
+# pvepstore hookscript for VM {vmid} (installed by `pvepstore provision --backend ivshmem`).
+# Keeps the ramoops records of the VM's ivshmem device across stop/start. A failure
+# of pvepstore never stops the VM from starting. Arguments: <vmid> <phase>.
+{program} hook "$1" "$2" || echo "pvepstore hook failed ($?); continuing" >&2
+"""
+CHAIN_TEMPLATE = """# The VM's own hookscript ({volid}), chained by pvepstore: its status is what PVE sees.
+exec {path} "$1" "$2"
+"""
+
+
+def shm_name(vmid: int) -> str:
+    """The stable ``ivshmem`` name pvepstore gives a VM (PVE: ``[a-zA-Z0-9-]+``)."""
+    return f"pvepstore-{int(vmid)}"
+
+
+def ivshmem_option(vmid: int) -> str:
+    return f"size={SHM_MIB},name={shm_name(vmid)}"
+
+
+def durable_copy(cfg: Config, vmid: int) -> Path:
+    return Path(cfg.state_dir) / "ivshmem" / f"{int(vmid)}.bin"
+
+
+# -- the hook -------------------------------------------------------------------------
+
+def run_hook(cfg: Config, vmid: int, phase: str) -> list[str]:
+    """What pvepstore's hookscript does in ``phase``; returns what it did."""
+    actions: list[str] = []
+    try:
+        _keep_records(cfg, vmid, phase, actions)
+    except OSError as exc:
+        # A failing pvepstore must never keep a VM from starting: say it, carry on.
+        actions.append(f"failed: {exc}")
+    return actions
+
+
+def _keep_records(cfg: Config, vmid: int, phase: str, actions: list[str]) -> None:
+    paths = cfg.paths
+    name = shm_name(vmid)
+    live, keep = paths.ivshmem_file(name), paths.ivshmem_keep(name)
+    if phase == "pre-start":
+        if not live.exists():
+            if keep.exists():
+                os.link(keep, live)
+                actions.append(f"relinked {keep.name} as {live.name}")
+            elif durable_copy(cfg, vmid).exists():
+                _copy_file(durable_copy(cfg, vmid), live)
+                actions.append(f"restored {live.name} from {durable_copy(cfg, vmid)}")
+    elif phase == "post-start":
+        if live.exists() and not (keep.exists() and os.path.samefile(live, keep)):
+            keep.unlink(missing_ok=True)
+            os.link(live, keep)
+            actions.append(f"linked {live.name} as {keep.name}")
+    elif phase == "post-stop":
+        if keep.exists():
+            _copy_file(keep, durable_copy(cfg, vmid), durable=True)
+            actions.append(f"saved {keep.name} to {durable_copy(cfg, vmid)}")
+
+
+def _copy_file(src: Path, dst: Path, durable: bool = False) -> None:
+    size = src.stat().st_size
+    if size > MAX_SHM:
+        raise InputError(f"{src} is {size} bytes: not a pvepstore ivshmem file")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    with open(src, "rb") as f, open(tmp, "wb") as g:
+        shutil.copyfileobj(f, g)
+        g.flush()
+        if durable:
+            os.fsync(g.fileno())
+    os.replace(tmp, dst)
+    if durable:
+        fd = os.open(dst.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def snippet_path(paths: HostPaths, volid: str) -> Path:
+    """Host path of a ``<storage>:snippets/<file>`` volume (its storage must hold snippets)."""
+    from .hostvol import FILE_TYPES, load_storages
+
+    storeid, _, rest = volid.partition(":")
+    fname = rest[len("snippets/"):]
+    if not rest.startswith("snippets/") or not re.fullmatch(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]*", fname):
+        raise PveError(f"hookscript {volid!r} is not a <storage>:snippets/<file> volume")
+    store = load_storages(paths).get(storeid)
+    if store is None or store.get("type") not in FILE_TYPES:
+        raise PveError(f"hookscript storage {storeid!r} is not a file storage",
+                       hint="snippets live on dir/nfs/cifs storages with content 'snippets'")
+    base = store.get("path") or f"/mnt/pve/{storeid}"
+    return paths.storage_path(base) / "snippets" / fname
+
+
+def install_hookscript(cfg: Config, storeid: str, program: str | Sequence[str], vmid: int,
+                       chain: str | None = None) -> str:
+    """Write the VM's pvepstore hookscript to ``<storage>/snippets`` (0755); return its volume id.
+
+    ``chain`` is the operator's existing hookscript: pvepstore's script runs it
+    after its own step, with the same arguments, and exits with its status.
+    """
+    volid = f"{storeid}:snippets/{HOOK_NAME.format(vmid=int(vmid))}"
+    path = snippet_path(cfg.paths, volid)
+    words = [program] if isinstance(program, str) else list(program)
+    text = HOOK_TEMPLATE.format(program=" ".join(shlex.quote(w) for w in words), vmid=int(vmid))
+    if chain:
+        chained = snippet_path(cfg.paths, chain)
+        if not chained.exists():
+            raise PveError(f"VM {vmid}'s hookscript {chain} does not exist at {chained}",
+                           hint="fix or remove the VM's hookscript first; pvepstore will not drop it")
+        text += CHAIN_TEMPLATE.format(volid=chain, path=shlex.quote(str(chained)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or path.read_text() != text:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        tmp.chmod(0o755)
+        os.replace(tmp, path)
+    return volid
+
+
+def is_ours(volid: str | None) -> bool:
+    return bool(volid) and bool(re.search(r":snippets/pvepstore-hook-\d+\.sh$", volid))
+
+
+# -- reading and clearing -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class IvshmemImage:
+    data: bytes
+    source: str  # live | keep | durable
+    path: Path
+
+
+def read_image(cfg: Config, vmid: int, attempts: int = 5) -> IvshmemImage:
+    """The ramoops memory: a consistent snapshot of the live file, or the preserved copies."""
+    paths = cfg.paths
+    name = shm_name(vmid)
+    for source, path in (("live", paths.ivshmem_file(name)), ("keep", paths.ivshmem_keep(name)),
+                         ("durable", durable_copy(cfg, vmid))):
+        if not path.exists():
+            continue
+        size = path.stat().st_size
+        if size > MAX_SHM:
+            raise InputError(f"{path} is {size} bytes: not a pvepstore ivshmem file")
+        previous = None
+        for _ in range(attempts):  # the guest may be writing: two equal reads make a snapshot
+            data = path.read_bytes()
+            if data == previous:
+                return IvshmemImage(data, source, path)
+            previous = data
+        return IvshmemImage(previous, source, path)  # still changing: the newest read
+    raise InputError(f"VM {vmid} has no ivshmem records file ({paths.ivshmem_file(name)})",
+                     hint="the VM was never started with the ivshmem backend, or the host rebooted "
+                          "before pvepstore saved a copy")
+
+
+def parse_image(cfg: Config, vmid: int, image: IvshmemImage) -> ParseResult:
+    recorded = state.provision_record(cfg, vmid).get("ramoops_params")
+    params = RamoopsParams(**recorded) if isinstance(recorded, dict) else None
+    result = read_ramoops(BytesSource(image.data, name=f"{image.source}:{image.path}"), params)
+    return result
+
+
+def clear_records(cfg: Config, vmid: int, image: IvshmemImage, records: Sequence[Record]) -> list[str]:
+    """Zap the zones of ``records`` (ramoops erase: start = size = 0) if they are unchanged."""
+    done = []
+    with open(image.path, "r+b") as f:
+        for rec in records:
+            length = PRZ_HEADER.size + _zone_used(image.data, rec.offset)
+            f.seek(rec.offset)
+            now = f.read(length)
+            if now != image.data[rec.offset:rec.offset + length]:
+                continue  # the guest wrote a new record there meanwhile: keep it
+            sig = struct.unpack_from("<I", now)[0]
+            f.seek(rec.offset)
+            f.write(PRZ_HEADER.pack(sig, 0, 0))
+            done.append(rec.name)
+        f.flush()
+        os.fsync(f.fileno())
+    return done
+
+
+def _zone_used(data: bytes, offset: int) -> int:
+    _, _start, size = PRZ_HEADER.unpack_from(data, offset)
+    return max(0, min(size, len(data) - offset - PRZ_HEADER.size))
