@@ -122,6 +122,7 @@ class FakePve:
         self.tasks: dict[str, Task] = {}
         self.requests: list[RecordedRequest] = []
         self.task_polls_running = 0  # status polls answered "running" before a task stops
+        self.reboot_hooks: list[Callable[[int], None]] = []  # called with the vmid on API reboots
         self.lock = threading.RLock()
         self._pid = 0x1000
         self.server: ThreadingHTTPServer | None = None
@@ -624,6 +625,8 @@ def _reboot(pve: FakePve, p: dict, user: str):
     _apply_pending(pve, vm, [])
     vm.running = True
     pve._write_vm(vm)
+    for hook in pve.reboot_hooks:
+        hook(vm.vmid)
     return pve.new_task(vm.node, "qmreboot", str(vm.vmid), user)
 
 
