@@ -2,33 +2,26 @@
 
 from __future__ import annotations
 
-import re
-
+from ..analysis.crash import extract_crashes
+from ..analysis.evidence import primary_crash
+from ..analysis.logline import PSTORE_PART, PSTORE_TOTAL, peel
 from ..pstore import ParseResult, Record
+from ..pstore.model import Kind
 from ..text import terminal_safe
-
-_PART_HEADER = re.compile(r"^(?:\w+#\d+ Part\d+|\w+: Total -?\d+ times)$")
-_LOG_PREFIX = re.compile(r"^(?:<\d+>)?(?:\[\s*\d+\.\d+\]\s?)?(?:\[\s*[TC]\d+\]\s?)?")
-# Lines that start a kernel crash report (abrt's and syzkaller's trigger lists, abridged).
-_TRIGGERS = re.compile(
-    r"^(?:BUG: |Oops: |general protection fault|kernel BUG at|Kernel panic - not syncing|"
-    r"WARNING: |Unable to handle kernel|unable to handle page fault|invalid opcode|"
-    r"INFO: task .* blocked|watchdog: BUG: soft lockup|Out of memory|"
-    r"rcu: INFO: rcu_\w+ detected stall|Machine check|double fault|\S*KASAN|UBSAN)"
-)
 
 
 def headline(record: Record, width: int = 100) -> str:
-    """The first meaningful line: a crash trigger if there is one, else the first log line."""
-    first = ""
-    for raw in record.text.splitlines():
-        line = _LOG_PREFIX.sub("", raw).strip()
-        if not line or _PART_HEADER.match(line):
-            continue
-        if _TRIGGERS.match(line):
+    """The first meaningful line: the crash title if the record holds a crash, else its first log line."""
+    text = record.best_text
+    if record.kind is Kind.DMESG and (record.recovered is not None or not record.name.endswith(".enc.z")):
+        crash = primary_crash(extract_crashes(text))
+        if crash is not None:
+            return terminal_safe(crash.title or crash.first_line)[:width]
+    for number, raw in enumerate(text.splitlines()[:200]):
+        line = peel(raw, number).text.strip()
+        if line and not PSTORE_PART.match(line) and not PSTORE_TOTAL.match(line):
             return terminal_safe(line)[:width]
-        first = first or line
-    return terminal_safe(first)[:width]
+    return ""
 
 
 def describe_layout(result: ParseResult) -> str:
