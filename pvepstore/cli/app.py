@@ -53,6 +53,8 @@ def _root(ctx: typer.Context,
 from . import parse as _parse  # noqa: E402,F401
 from . import explain as _explain  # noqa: E402,F401
 from . import collect as _collect  # noqa: E402,F401
+from . import hook as _hook  # noqa: E402,F401
+from . import pve as _pve  # noqa: E402,F401
 
 
 def main(args: Sequence[str] | None = None, env: Environment | None = None) -> ExitStatus:

@@ -19,7 +19,7 @@ from ..errors import GuestError, PvepstoreError, UsageError
 from ..pve import state
 from ..pve.address import GuestAddress, resolve_address
 from ..pve.api import PveApi, connect as api_connect
-from ..pve.commands import CommandRunner, SubprocessRunner
+from ..pve.commands import CommandRunner
 from ..pve.disks import DetachResult, DiskResult, detach_disk, ensure_disk, inspect
 from ..pve.inventory import in_scope, list_vms, local_node, locate
 
@@ -40,7 +40,7 @@ def guest_target(vm_ssh, host: str, vmid: int):
 class Context:
     cfg: Config
     api: PveApi
-    runner: CommandRunner = field(default_factory=SubprocessRunner)
+    runner: CommandRunner | None = None  # None: run lvs/lvchange on this host
     # looked up at call time, so that tests can substitute the module functions
     guest_connect: GuestConnect = lambda target: default_guest_connect(target)  # noqa: E731
     make_target: Callable = lambda ssh, host, vmid: guest_target(ssh, host, vmid)  # noqa: E731

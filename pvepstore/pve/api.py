@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from ..config import Config
 from ..errors import ConfigError, PveError
+from ..hostpaths import HostPaths
 
 UPID_RE = re.compile(r"UPID:[\w.-]+:[0-9A-Fa-f]{8}:[0-9A-Fa-f]{8,9}:[0-9A-Fa-f]{8}:[\w-]+:[^:\s]*:[^:\s]+:")
 TASK_OK_RE = re.compile(r"^(OK|WARNINGS: \d+)$")
@@ -153,7 +154,7 @@ class PveApi:
         except requests.exceptions.SSLError as exc:
             raise PveError(f"TLS verification of {self.endpoint} failed: {_reason(exc)}",
                            hint="api.verify_ssl must name the CA that signed pveproxy's certificate "
-                                "(/etc/pve/pve-root-ca.pem under host_root), or the certificate "
+                                f"({HostPaths().pve_root_ca} under host_root), or the certificate "
                                 "was replaced (ACME): then use true or that CA") from None
         except requests.exceptions.Timeout:
             raise PveError(f"{method} /{path}: no answer from {self.endpoint} in time",
@@ -240,7 +241,7 @@ def connect(cfg: Config, *, dry_run: bool = False) -> PveApi:
         ca = cfg.paths.ca_file(verify)
         if not ca.is_file():
             raise ConfigError(f"api.verify_ssl: CA file {ca} does not exist",
-                              hint="on a PVE node it is /etc/pve/pve-root-ca.pem; "
+                              hint=f"on a PVE node it is {HostPaths().pve_root_ca}; "
                                    "set api.verify_ssl to true to use the system CAs")
         verify = str(ca)
     from proxmoxer import ProxmoxAPI

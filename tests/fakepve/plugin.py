@@ -36,8 +36,8 @@ class FakePveFixture(FakePve):
                 data[key] = value
         return data
 
-    def config_file(self, **overrides) -> Path:
-        path = self.tmp / "config.yaml"
+    def config_file(self, name: str = "config.yaml", **overrides) -> Path:
+        path = self.tmp / name
         path.write_text(yaml.safe_dump(self.config_data(**overrides)))
         path.chmod(0o600)
         return path

@@ -1,0 +1,130 @@
+"""``pvepstore provision | unprovision | status | read``: the Proxmox side of pvepstore."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import typer
+
+from ..pipeline import provision as prov
+from ..pipeline import reading
+from ..text import terminal_safe
+from .app import app, env_of
+from .render import render_summary
+from .status import ExitStatus
+
+
+def _dump(env, doc) -> None:
+    env.out(json.dumps(doc, indent=2, ensure_ascii=True, default=str))
+
+
+@app.command("provision")
+def provision_command(
+    ctx: typer.Context,
+    vmid: int = typer.Argument(..., min=100, help="The VM id."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show every API call and guest change; change nothing."),
+    reboot: bool = typer.Option(False, "--reboot", help="Reboot the VM afterwards and verify."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+) -> int:
+    """Attach the pstore disk through the Proxmox API and configure the guest over SSH."""
+    env = env_of(ctx)
+    cfg = env.load_config()
+    context = prov.make_context(cfg, dry_run=dry_run)
+    result = prov.provision(context, vmid, dry_run=dry_run, reboot=reboot)
+    if as_json:
+        _dump(env, result.to_json())
+    else:
+        for line in result.lines():
+            env.out(line)
+    if result.ok:
+        return ExitStatus.SUCCESS
+    return ExitStatus.PVE if result.disk.pending or not result.disk.ready else ExitStatus.GUEST
+
+
+@app.command("unprovision")
+def unprovision_command(
+    ctx: typer.Context,
+    vmid: int = typer.Argument(..., min=100, help="The VM id."),
+    delete_disk: bool = typer.Option(False, "--delete-disk", help="Free the volume (default: keep it as unusedN)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+) -> None:
+    """Undo the guest configuration and detach (or delete) the pstore disk."""
+    env = env_of(ctx)
+    context = prov.make_context(env.load_config())
+    result = prov.unprovision(context, vmid, delete_disk=delete_disk)
+    if as_json:
+        _dump(env, result.to_json())
+    else:
+        for line in result.lines():
+            env.out(line)
+
+
+def _when(ts) -> str:
+    if not isinstance(ts, (int, float)):
+        return "-"
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
+def _yn(value) -> str:
+    return "-" if value is None else ("yes" if value else "no")
+
+
+@app.command("status")
+def status_command(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+) -> None:
+    """Every VM in scope: provisioned, disk, pending, running, backend verified, last collection."""
+    env = env_of(ctx)
+    context = prov.make_context(env.load_config())
+    rows = prov.status(context)
+    if as_json:
+        _dump(env, {"vms": [r.to_json() for r in rows]})
+        return
+    if not rows:
+        env.out("no VMs in scope (scope.vms, scope.tag or scope.all in the config)")
+        return
+    env.out(f"{'VMID':>6} {'NAME':<16} {'NODE':<10} {'RUNNING':<8} {'PROVISIONED':<12} {'DISK':<9} "
+            f"{'PENDING':<8} {'BACKEND':<8} LAST COLLECTION")
+    for r in rows:
+        env.out(f"{r.vmid:>6} {terminal_safe(r.name or '-')[:16]:<16} {r.node:<10} {_yn(r.running):<8} "
+                f"{_yn(r.provisioned):<12} {r.disk or '-':<9} {_yn(r.pending):<8} {_yn(r.backend_ok):<8} "
+                f"{_when(r.last_collection)}" + (f"  error: {r.error}" if r.error else ""))
+
+
+@app.command("read")
+def read_command(
+    ctx: typer.Context,
+    vmid: int = typer.Argument(..., min=100, help="The VM id."),
+    offline: bool = typer.Option(False, "--offline", help="Read the volume on the host (the VM must be off)."),
+    clear: bool = typer.Option(False, "--clear", help="Erase the records after reading them (as the kernel does)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+) -> None:
+    """Read a VM's pstore records: through the guest when it runs, else from its volume on the host."""
+    env = env_of(ctx)
+    cfg = env.load_config()
+    if offline:
+        result = reading.read_offline(cfg, vmid, clear=clear)
+    else:
+        result = reading.read(prov.make_context(cfg), vmid, clear=clear)
+    if as_json:
+        _dump(env, result.to_json())
+        return
+    if result.offline is not None:
+        got = result.offline
+        env.out(f"VM {vmid}: read offline from {got.volume.volid} ({terminal_safe(str(got.volume.path))}), "
+                f"layout {got.layout_source}")
+        for line in render_summary(got.result):
+            env.out(line)
+    else:
+        env.out(f"VM {vmid}: read through the guest")
+        if not result.guest_records:
+            env.out("no records")
+        for rec in result.guest_records:
+            first = next((ln for ln in rec.data.decode("utf-8", "replace").splitlines() if ln.strip()), "")
+            env.out(f"{terminal_safe(rec.name):<26} {rec.size:>7}  {terminal_safe(first)[:80]}")
+    if result.cleared:
+        env.out(f"cleared: {', '.join(result.cleared)}")
+    for name, why in result.not_cleared.items():
+        env.out(f"not cleared: {terminal_safe(name)} ({why})")
