@@ -113,6 +113,8 @@ class ProvisionResult:
                     out.append(f"    {name}: {status}" + (f" - {note}" if note else ""))
             for p in getattr(self.probe, "problems", []) or []:
                 out.append(f"    guest problem: {getattr(p, 'message', p)}")
+            if self.dry_run and self.disk.action.startswith("planned"):
+                out.append("    (the guest cannot see the pstore disk yet: the API call above attaches it first)")
         if self.plan:
             out.append("  guest changes" + (" that would be made:" if self.dry_run else ":"))
             out += [f"    {line}" for line in self.plan]
