@@ -115,7 +115,16 @@ def discover_layout(src: ByteSource) -> tuple[BlkLayout, list[Finding]]:
     if dmesg:
         base = dmesg[0]
     elif front:
-        base = -(-(front[-1][0] + 1) // STEP) * STEP
+        # Nothing marks where the last front zone ends: take the Kconfig default
+        # (64 KiB), or the next power of two that holds what its header says it holds.
+        last = front[-1][0]
+        _, datalen, start = ZONE_HDR.unpack(src.read_at(last, ZONE_HEADER))
+        need = max(datalen, start, 0) + ZONE_HEADER
+        size = max(DEFAULT_KMSG_KIB * 1024, 1 << (need - 1).bit_length())
+        base = -(-(last + size) // STEP) * STEP
+        confidence = "medium"
+        findings.append(Finding(Severity.INFO, f"no dmesg zone written: the last {front[-1][1].value} "
+                                f"zone's size is assumed ({size // 1024} KiB)"))
     else:
         base = 0
     if dmesg and base and not front:
