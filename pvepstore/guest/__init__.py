@@ -1,0 +1,32 @@
+"""Everything pvepstore does inside a guest, over one SSH connection.
+
+::
+
+    from pvepstore.guest import GuestTarget, connect
+    target = GuestTarget.from_config(vm_cfg.ssh, host="192.0.2.10")
+    with connect(target) as guest:
+        report = guest.probe(serial="pvepstore", disk_bytes=512 << 20)
+        plan = guest.plan(report, kmsg_size=64, max_reason=2)
+        guest.apply(plan, dry_run=False)
+        result = guest.verify(serial="pvepstore")
+        recs = guest.read_records(max_bytes=4 << 20)
+        guest.clear([r.name for r in recs])   # only after they are archived
+        guest.undo(dry_run=False)
+
+Every method is one remote command (one round trip on the open connection),
+except ``undo`` (probe + change).
+"""
+
+from __future__ import annotations
+
+from .probe import Capability, DiskState, Problem, ProbeReport
+from .records import BootHistory, ClearResult, GuestRecord
+from .session import Guest, connect
+from .setup import ApplyResult, Change, Plan, VerifyResult
+from .transport import CommandResult, GuestTarget, SshTransport, Transport
+
+__all__ = [
+    "ApplyResult", "BootHistory", "Capability", "Change", "ClearResult", "CommandResult", "DiskState",
+    "Guest", "GuestRecord", "GuestTarget", "Plan", "Problem", "ProbeReport", "SshTransport",
+    "Transport", "VerifyResult", "connect",
+]

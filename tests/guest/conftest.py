@@ -1,0 +1,78 @@
+"""Helpers for the guest unit tests: synthetic probe output and recorded cassettes."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from pvepstore.guest import Guest
+from pvepstore.guest.testing import FakeTransport, Recorded, load_cassette, reply
+
+CASSETTES = Path(__file__).parent / "cassettes"
+
+
+def cassette(name: str, *names: str) -> list[Recorded]:
+    return load_cassette(CASSETTES / name, names or None)
+
+
+def sha(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+def file_item(path: str, content: bytes, mode: str = "644"):
+    return ("file", path, sha(content), f"{mode} 0 0 {len(content)}", content)
+
+
+def probe_items(*extra, backend="(null)", efi=False, zero="yes", loaded=(), params=(), kconfig=None,
+                unlink=None, disk=True):
+    """What PROBE prints on a fresh stock Debian 12 guest (plus ``extra`` items)."""
+    conf = "# /etc/systemd/pstore.conf\n[PStore]\n#Storage=external\n#Unlink=yes\n"
+    if unlink is not None:
+        conf += f"# /etc/systemd/pstore.conf.d/x.conf\n[PStore]\nUnlink={unlink}\n"
+    items = [
+        ("uname", "6.1.0-56-amd64", "x86_64"),
+        ("osrelease", 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n'),
+        ("cmdline", "root=/dev/vda rw console=ttyS0"),
+        ("boot_id", "d3fa1785-61e1-4020-9ce0-1889eb198849"),
+        ("modfile", "pstore_blk", "/lib/modules/6.1.0-56-amd64/kernel/fs/pstore/pstore_blk.ko"),
+        ("modfile", "pstore_zone", "/lib/modules/6.1.0-56-amd64/kernel/fs/pstore/pstore_zone.ko"),
+        ("modfile", "efi_pstore", "/lib/modules/6.1.0-56-amd64/kernel/drivers/firmware/efi/efi-pstore.ko"),
+        ("modfile", "ramoops", "/lib/modules/6.1.0-56-amd64/kernel/fs/pstore/ramoops.ko"),
+        ("builtin", ""),
+        ("kconfig", kconfig if kconfig is not None else
+         "CONFIG_PSTORE=y\nCONFIG_PSTORE_BLK=m\n# CONFIG_PSTORE_PMSG is not set\n"
+         "# CONFIG_PSTORE_CONSOLE is not set\n# CONFIG_PSTORE_FTRACE is not set\nCONFIG_EFI_VARS_PSTORE=m\n"),
+        ("backend", backend),
+        ("pstorefs", "pstore"), ("pstore_files", "0"), ("sysctl", "0", "0", "N", "0"),
+        ("unit", "systemd-pstore.service", "enabled", "inactive"),
+        ("unit", "pvepstore-blk.service", "", "inactive"),
+        ("pstore_conf", conf),
+        ("tool", "blkid"), ("tool", "systemd-analyze"), ("tool", "journalctl"), ("tool", "update-initramfs"),
+        ("dir", "/etc/modprobe.d"), ("dir", "/etc/systemd/system"),
+        ("dir", "/etc/systemd/system/sysinit.target.wants"),
+    ]
+    for m in loaded:
+        items.append(("loaded", m, "live"))
+    for k, v in params:
+        items.append(("param", f"pstore_blk/parameters/{k}", v))
+    if efi:
+        items.append(("efi", "yes"))
+    if disk:
+        items += [("disk", "/dev/disk/by-id/virtio-pvepstore", "/dev/vdb", str(512 << 20), "pvepstore", "0"),
+                  ("disk_holders", ""), ("disk_parts", ""), ("disk_mounts", "", ""), ("disk_blkid", ""),
+                  ("disk_head", b"\0" * 16), ("disk_zero", zero)]
+    multi = {"modfile", "loaded", "param", "unit", "tool", "dir", "file", "link"}
+    for item in extra:  # a single-valued key in ``extra`` replaces the default
+        if item[0] not in multi:
+            items = [i for i in items if i[0] != item[0]]
+        items.append(item)
+    return items
+
+
+def fake_guest(*recorded: Recorded, **kw) -> tuple[Guest, FakeTransport]:
+    t = FakeTransport(list(recorded), **kw)
+    return Guest(t, "test-guest"), t
+
+
+def probe_reply(*extra, **kw) -> Recorded:
+    return Recorded("probe", 0, reply(*probe_items(*extra, **kw)))

@@ -1,0 +1,92 @@
+"""The capability report: the truth table of pstore-blk-format §6 and the problems with their fixes."""
+
+from __future__ import annotations
+
+from pvepstore.guest.testing import Recorded, reply
+
+from .conftest import fake_guest, file_item, probe_items, probe_reply
+
+
+def probe(*extra, **kw):
+    g, t = fake_guest(probe_reply(*extra, **kw))
+    r = g.probe(serial="pvepstore", disk_bytes=512 << 20)
+    assert t.round_trips == 1
+    return r
+
+
+def codes(r):
+    return {p.code: p.severity for p in r.problems}
+
+
+def test_stock_debian_captures_oopses_only():
+    r = probe()
+    assert {k: c.status for k, c in r.capabilities.items()} == {
+        "oops": "yes", "panic": "no", "shutdown": "no", "emergency_restart": "no", "console": "no", "pmsg": "no"}
+    assert codes(r) == {"not-configured": "fix", "systemd-pstore-unlinks": "fix"}
+    assert r.distro == "Debian GNU/Linux 12 (bookworm)" and r.pstore_blk == "module"
+    assert r.to_json()["capabilities"]["oops"]["status"] == "yes"
+
+
+def test_frontends_where_the_kernel_has_them():
+    r = probe(kconfig="CONFIG_PSTORE_BLK=m\nCONFIG_PSTORE_PMSG=y\nCONFIG_PSTORE_CONSOLE=y\n")
+    assert r.capabilities["pmsg"].status == "yes" and r.capabilities["console"].status == "yes"
+    assert r.capabilities["panic"].status == "no"
+
+
+def test_no_pstore_blk_blocks():
+    g, _ = fake_guest(Recorded("probe", 0, reply(*[i for i in probe_items(kconfig="# CONFIG_PSTORE_BLK is not set\n")
+                                                   if not (i[0] == "modfile" and i[1] == "pstore_blk")])))
+    r = g.probe()
+    assert codes(r)["no-pstore-blk"] == "blocker"
+    assert all(c.status == "no" for c in r.capabilities.values())
+
+
+def test_panic_on_oops_means_no_oops_either():
+    items = [i if i[0] != "sysctl" else ("sysctl", "1", "0", "N", "0") for i in probe_items()]
+    g, _ = fake_guest(Recorded("probe", 0, reply(*items)))
+    r = g.probe()
+    assert r.capabilities["oops"].status == "no" and "panic-on-oops" in codes(r)
+
+
+def test_disk_checks():
+    assert codes(probe(disk=False))["disk-missing"] == "blocker"
+    r = probe(("disk_blkid", "PTTYPE=dos\n"))
+    assert codes(r)["disk-signature"] == "blocker"
+    assert codes(probe(zero="no"))["disk-stale"] == "fix"
+
+
+def test_disk_size_mismatch():
+    g, _ = fake_guest(probe_reply())
+    assert "disk-size" in codes(g.probe(disk_bytes=1 << 30))
+
+
+def test_efi_guest_competition():
+    assert codes(probe(efi=True))["efi-pstore-competes"] == "fix"
+    assert codes(probe(backend="efi", efi=True))["backend-efi"] == "fix"
+    assert codes(probe(backend="erst"))["backend-erst"] == "blocker"
+    blacklisted = probe(("modprobe_c", "blacklist efi_pstore\n"), efi=True)
+    assert "efi-pstore-competes" not in codes(blacklisted)
+
+
+def test_legacy_ramoops_setup_is_found():
+    r = probe(file_item("/etc/modules-load.d/ramoops.conf", b"ramoops\n"),
+              file_item("/etc/default/grub.d/pstore.cfg",
+                        b'GRUB_CMDLINE_LINUX_DEFAULT="$GRUB_CMDLINE_LINUX_DEFAULT memmap=1M\\$0x7f000000 quiet"\n'),
+              ("cmdline", "root=/dev/vda memmap=1M$0x7f000000 ramoops.mem_size=1048576"))
+    assert codes(r)["legacy-config"] == "consent"
+    assert {x["path"] for x in r.legacy} == {"/etc/modules-load.d/ramoops.conf", "/etc/default/grub.d/pstore.cfg"}
+    assert r.cmdline_legacy == ["memmap=1M$0x7f000000", "ramoops.mem_size=1048576"]
+
+
+def test_unlink_no_already_set():
+    assert "systemd-pstore-unlinks" not in codes(probe(unlink="no"))
+
+
+def test_incomplete_output_blocks():
+    g, _ = fake_guest(Recorded("probe", 0, reply(*probe_items(), end=False)))
+    assert codes(g.probe())["probe-incomplete"] == "blocker"
+
+
+def test_hostile_text_stays_data():
+    r = probe(("osrelease", 'PRETTY_NAME="\x1b]0;pwned\x07Debian"\n'))
+    assert r.to_json()  # serialisable; the CLI shows it through terminal_safe

@@ -1,0 +1,90 @@
+"""The SSH command line, targets from the configuration, the recorded-command double."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from pvepstore.config import SshConfig
+from pvepstore.errors import GuestError
+from pvepstore.guest import GuestTarget, connect
+from pvepstore.guest.testing import FakeTransport, Recorded, UnexpectedCommand, nothing_to_collect
+from pvepstore.guest.transport import SshTransport, known_hosts_name, remote_command
+
+
+class TestRemoteCommand:
+    def test_arguments_are_quoted_words(self):
+        hostile = "x'; rm -rf / #$(reboot)`id`\n"
+        cmd = remote_command(["pvepstore", hostile], sudo=False)
+        assert shlex.split(cmd) == ["sh", "-s", "--", "pvepstore", hostile]
+
+    def test_non_root_gets_sudo_n(self):
+        assert shlex.split(remote_command(["a"], sudo=True))[:2] == ["sudo", "-n"]
+
+    def test_known_hosts_names(self):
+        assert known_hosts_name("192.0.2.1", 22) == "192.0.2.1"
+        assert known_hosts_name("192.0.2.1", 2222) == "[192.0.2.1]:2222"
+
+
+class TestTarget:
+    def test_resolved_address_wins(self):
+        t = GuestTarget.from_config(SshConfig(host="10.0.0.1", port=2222, user="ops"), host="192.0.2.10")
+        assert (t.host, t.port, t.user, t.needs_sudo) == ("192.0.2.10", 2222, "ops", True)
+
+    def test_config_address(self):
+        assert GuestTarget.from_config(SshConfig(host="10.0.0.1")).host == "10.0.0.1"
+
+    def test_no_address_is_a_guest_error(self):
+        with pytest.raises(GuestError) as exc:
+            GuestTarget.from_config(SshConfig(), label="VM 101")
+        assert "VM 101" in exc.value.message and exc.value.hint
+
+    def test_missing_key_file(self, tmp_path):
+        t = GuestTarget("127.0.0.1", key_file=str(tmp_path / "nope"), known_hosts=str(tmp_path / "kh"))
+        with pytest.raises(GuestError, match="does not exist"):
+            SshTransport.connect(t)
+
+    def test_unreachable_guest(self, tmp_path):
+        import socket
+
+        key = tmp_path / "id"
+        import paramiko
+
+        paramiko.Ed25519Key  # noqa: B018 -- paramiko present
+        key.write_text("not a key")
+        with socket.socket() as s:  # a port nobody listens on
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        t = GuestTarget("127.0.0.1", port=port, key_file=str(key), known_hosts=str(tmp_path / "kh"),
+                        connect_timeout=2)
+        with pytest.raises(GuestError) as exc:
+            SshTransport.connect(t)
+        assert exc.value.hint
+
+
+class TestFakeTransport:
+    def test_replays_in_order_and_counts(self):
+        t = FakeTransport([Recorded("a", stdout=b"1"), Recorded("a", stdout=b"2")])
+        assert t.run("a", "s", []).stdout == b"1"
+        assert t.run("a", "s", ["x"]).stdout == b"2"
+        assert t.round_trips == 2 and t.calls[1].args == ("x",)
+        with pytest.raises(UnexpectedCommand):
+            t.run("a", "s", [])
+
+    def test_repeat_and_latency(self):
+        t = nothing_to_collect(latency=0.001)
+        for _ in range(3):
+            assert t.run("records", "s", ["1", "2"]).exit == 0
+        assert t.round_trips == 3
+
+    def test_truncates_like_the_real_transport(self):
+        t = FakeTransport([Recorded("a", stdout=b"x" * 100)])
+        res = t.run("a", "s", [], max_out=10)
+        assert res.truncated and len(res.stdout) == 10
+
+    def test_connect_with_injected_transport_closes_it(self):
+        t = FakeTransport()
+        with connect(GuestTarget("vm"), transport=t) as g:
+            assert g.transport is t
+        assert t.closed
