@@ -1,6 +1,6 @@
 #!/bin/sh
 # Build a 6.1 kernel with PSTORE_CONSOLE + PSTORE_PMSG for the console/pmsg ring
-# fixtures. Uses only Debian's linux-source-6.1 package (/usr/src/linux-source-6.1.tar.xz).
+# fixtures (pstore_blk and ramoops, both as modules). Uses only Debian's linux-source-6.1 package (/usr/src/linux-source-6.1.tar.xz).
 #
 #   tests/kernel/build-kernel.sh            # build into /var/cache/pvepstore/kbuild
 #   KBUILD_ROOT=/some/dir tests/kernel/build-kernel.sh
@@ -40,7 +40,7 @@ if [ ! -f .config ] || [ ! -f .pvepstore-configured ]; then
         --set-val PSTORE_BLK_MAX_REASON 2 \
         --set-val PSTORE_BLK_PMSG_SIZE 64 \
         --set-val PSTORE_BLK_CONSOLE_SIZE 64 \
-        --disable PSTORE_RAM \
+        --module PSTORE_RAM \
         --enable PSTORE_COMPRESS \
         --enable PSTORE_DEFLATE_COMPRESS \
         --enable PSTORE_DEFLATE_COMPRESS_DEFAULT \
@@ -59,8 +59,15 @@ if [ ! -f .config ] || [ ! -f .pvepstore-configured ]; then
     make olddefconfig
     touch .pvepstore-configured
 fi
+# Trees configured before ramoops was wanted: add it as a module (incremental:
+# nothing in vmlinux depends on CONFIG_PSTORE_RAM / CONFIG_REED_SOLOMON).
+if ! grep -q '^CONFIG_PSTORE_RAM=m' .config; then
+    echo ">>> adding PSTORE_RAM=m"
+    ./scripts/config --module PSTORE_RAM
+    make olddefconfig
+fi
 echo ">>> config check"
-grep -E '^CONFIG_(PSTORE[A-Z_]*|VIRTIO_BLK|SCSI_VIRTIO|BLK_DEV_SD|MODULES|DEBUG_INFO_NONE)=' .config
+grep -E '^CONFIG_(PSTORE[A-Z_]*|REED_SOLOMON|VIRTIO_BLK|SCSI_VIRTIO|BLK_DEV_SD|MODULES|DEBUG_INFO_NONE)=' .config
 echo ">>> building (-j$JOBS)"
 make -j"$JOBS" bzImage modules
 rm -rf "$KBUILD_ROOT/modroot"
