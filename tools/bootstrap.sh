@@ -16,7 +16,8 @@ if [ "$want_test" = 1 ]; then
     # The real-kernel smoke test boots Debian's own kernel under QEMU and builds a
     # tiny oops module against its headers; the guest tests use openssh.
     pkgs+=(qemu-system-x86 qemu-utils busybox-static linux-image-amd64 linux-headers-amd64
-           build-essential kmod cpio xz-utils openssh-client openssh-server)
+           build-essential kmod cpio xz-utils openssh-client openssh-server
+           debootstrap e2fsprogs)  # tests/vm: the debootstrapped Debian guest image
 fi
 missing=()
 for p in "${pkgs[@]}"; do

@@ -413,9 +413,11 @@ def make_plan(r: ProbeReport, *, kmsg_size: int = 64, max_reason: int = 2,
             at = _first_non_mkdir(changes)
             paths = "".join(e["path"] + "\n" for e in entries.values()).encode()
             cur_paths = r.files.get(PATHS)
-            changes[at:at] = [
-                Change("write", MANIFEST, "", cur.sha256 if cur else "-", _file_arg(body, "600")),
-                Change("write", PATHS, "", cur_paths.sha256 if cur_paths else "-", _file_arg(paths, "600"))]
+            new = [Change("write", MANIFEST, "", cur.sha256 if cur else "-", _file_arg(body, "600"))]
+            if cur_paths is None or cur_paths.sha256 != sha256(paths):
+                new.append(Change("write", PATHS, "", cur_paths.sha256 if cur_paths else "-",
+                                  _file_arg(paths, "600")))
+            changes[at:at] = new
     plan.changes = changes
     return plan
 
