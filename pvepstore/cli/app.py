@@ -55,6 +55,7 @@ from . import explain as _explain  # noqa: E402,F401
 from . import collect as _collect  # noqa: E402,F401
 from . import hook as _hook  # noqa: E402,F401
 from . import pve as _pve  # noqa: E402,F401
+from . import guest as _guest  # noqa: E402,F401
 
 
 def main(args: Sequence[str] | None = None, env: Environment | None = None) -> ExitStatus:
