@@ -231,16 +231,29 @@ for m in $(cat /etc/modlist); do
 done
 insmod /lib/modules/pvepstore_oops.ko || log "insmod pvepstore_oops failed"
 
-# wait for the pstore block device
-i=0
-while [ ! -b "$BLKDEV" ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done
-[ -b "$BLKDEV" ] || log "block device $BLKDEV did not appear"
+# wait for the block device (pstore_blk: the pstore disk; ramoops: the boot-counter disk)
+if [ -n "$BLKDEV" ]; then
+    i=0
+    while [ ! -b "$BLKDEV" ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done
+    [ -b "$BLKDEV" ] || log "block device $BLKDEV did not appear"
+fi
+# In-process reboots (QEMU without -no-reboot) run the same initramfs again:
+# the first byte of the counter disk tells this boot's number in the process.
+BOOTNO=1
+if [ -n "$COUNTER" ] && [ -b "$COUNTER" ]; then
+    BOOTNO=$(( $(dd if=$COUNTER bs=1 count=1 2>/dev/null | od -An -tu1) + 1 ))
+    printf "\\$(printf %03o $BOOTNO)" | dd of=$COUNTER bs=1 count=1 conv=notrunc 2>/dev/null
+    sync
+fi
 
-dump_view() {   # $1 = tag
-    out "==PVEPSTORE-VIEW-BEGIN $1=="
+dump_view() {   # $1 = tag (boot n > 1 of the same QEMU process: tag@n)
+    tag=$1; [ $BOOTNO -gt 1 ] && tag="$1@$BOOTNO"
+    out "==PVEPSTORE-VIEW-BEGIN $tag=="
     out "==UNAME $(uname -r)=="
     out "==CPU-POSSIBLE $(cat /sys/devices/system/cpu/possible)=="
-    for p in /sys/module/pstore_blk/parameters/* /sys/module/pstore/parameters/*; do
+    out "==MODULES $(cut -d' ' -f1 /proc/modules | tr '\n' ' ')=="
+    for p in /sys/module/pstore_blk/parameters/* /sys/module/ramoops/parameters/* \
+             /sys/module/pstore/parameters/* /sys/module/efi_pstore/parameters/*; do
         [ -f "$p" ] || continue
         out "==PARAM ${p#/sys/module/} $(cat $p 2>/dev/null)=="
     done
@@ -253,17 +266,15 @@ dump_view() {   # $1 = tag
     out "==DMESG-BEGIN=="
     dmesg | base64 > $O
     out "==DMESG-END=="
-    out "==PVEPSTORE-VIEW-END $1=="
+    out "==PVEPSTORE-VIEW-END $tag=="
 }
 
 do_oops() { log "event oops"; sh -c 'echo oops > /proc/pvepstore_oops'; }
 do_warn() { log "event warn"; sh -c 'echo warn > /proc/pvepstore_oops'; }
 
-out "==PVEPSTORE-BOOT-BEGIN=="
-log "loading pstore: $PSTORE_PARAMS"
-insmod /lib/modules/$PSTORE_ZONE
-insmod /lib/modules/$PSTORE_BLK $PSTORE_PARAMS
-out "==INSMOD-RC $?=="
+out "==PVEPSTORE-BOOT-BEGIN $BOOTNO=="
+[ -f /etc/pre.sh ] && . /etc/pre.sh
+. /etc/backend.sh
 mount -t pstore pstore /sys/fs/pstore || log "mount pstore failed"
 sleep 0.5
 dump_view mount
@@ -275,17 +286,102 @@ poweroff -f
 sleep 30
 """
 
+# How each backend is loaded (sourced by /init after the modules and the block device).
+BACKEND_SH = {
+    "pstore_blk": r"""log "loading pstore: $PSTORE_PARAMS"
+insmod /lib/modules/$PSTORE_ZONE
+insmod /lib/modules/$PSTORE_BLK $PSTORE_PARAMS
+out "==INSMOD-RC $?=="
+""",
+    # ramoops on the BAR2 of Proxmox's ivshmem-plain device (PCI 1af4:1110), as
+    # ../shared/reference/panic-capable-backends.md "Recipes that work" 1. Before the
+    # probe the host gets PRE_PROBE_WAIT seconds to copy the memory the kernel will read.
+    "ramoops": r"""for m in $PSTORE_DEPS; do insmod /lib/modules/$m || log "insmod $m failed"; done
+found=
+for d in /sys/bus/pci/devices/*; do
+    [ "$(cat $d/vendor)" = 0x1af4 ] && [ "$(cat $d/device)" = 0x1110 ] || continue
+    set -- $(sed -n 3p $d/resource)          # BAR2 = the shared memory: start end flags
+    found=1
+    size=$(printf 0x%x $(( $2 - $1 + 1 )))
+    out "==IVSHMEM ${d##*/} $1 $size=="
+    out "==PRE-PROBE $BOOTNO=="
+    sleep $PRE_PROBE_WAIT
+    log "loading ramoops: mem_address=$1 mem_size=$size $PSTORE_PARAMS"
+    insmod /lib/modules/$PSTORE_MAIN mem_address=$1 mem_size=$size $PSTORE_PARAMS
+    out "==INSMOD-RC $?=="
+    break
+done
+[ -n "$found" ] || log "no ivshmem device (PCI 1af4:1110)"
+""",
+}
+BACKEND_MODULES = {"pstore_blk": ["pstore_zone", "pstore_blk"], "ramoops": ["ramoops"]}
+KMOD = "/bin/kmod"
+
+
+def _unpack_module(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if src.name.endswith(".xz"):
+        dst.write_bytes(subprocess.run(["xz", "-dc", str(src)], check=True,
+                                       capture_output=True).stdout)
+    elif src.name.endswith(".zst"):
+        dst.write_bytes(subprocess.run(["zstd", "-dc", str(src)], check=True,
+                                       capture_output=True).stdout)
+    else:
+        shutil.copy2(src, dst)
+
+
+def _strip_ext(rel: str) -> str:
+    return rel[:-3] if rel.endswith(".xz") else rel[:-4] if rel.endswith(".zst") else rel
+
+
+def _install_kmod(kernel: Kernel, root: Path, modules: list[str], modprobe_d: str | None) -> None:
+    """The real kmod modprobe (blacklist/options/cmdline semantics as on Debian) with
+    its libraries, a module tree holding ``modules`` and a depmod index for it."""
+    libs = re.findall(r"(/\S+\.so[.\d]*)", subprocess.run(["ldd", KMOD], check=True,
+                                                           capture_output=True, text=True).stdout)
+    for f in [KMOD] + libs:
+        dst = root / f.lstrip("/")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(os.path.realpath(f), dst)
+    for tool in ("modprobe", "lsmod"):
+        (root / "sbin" / tool).symlink_to(KMOD)   # busybox --install -s keeps existing links
+    mtree = root / "lib/modules" / kernel.release
+    for rel in kernel.resolve_modules(modules):
+        _unpack_module(kernel.moddir / rel, mtree / _strip_ext(rel))
+    for f in ("modules.builtin", "modules.builtin.modinfo", "modules.order"):
+        if (kernel.moddir / f).exists():
+            shutil.copy2(kernel.moddir / f, mtree / f)
+    subprocess.run(["depmod", "-b", str(root), kernel.release], check=True, capture_output=True)
+    if modprobe_d:
+        (root / "etc/modprobe.d").mkdir(parents=True, exist_ok=True)
+        (root / "etc/modprobe.d/pvepstore.conf").write_text(modprobe_d)
+
 
 def build_initramfs(kernel: Kernel, dest: Path, blkdev: str, pstore_params: str,
-                    events_sh: str) -> Path:
-    """Create an uncompressed newc cpio at dest."""
+                    events_sh: str, *, backend: str = "pstore_blk", counter: str = "",
+                    pre_sh: str = "", kmod_modules: list[str] | None = None,
+                    modprobe_d: str | None = None, pre_probe_wait: float = 1) -> Path:
+    """Create an uncompressed newc cpio at dest.
+
+    ``backend``: "pstore_blk" (pstore_zone + pstore_blk on ``blkdev``) or "ramoops"
+    (reed_solomon + ramoops on the ivshmem BAR2; ``blkdev``/``counter`` is then the
+    boot-counter disk). ``pre_sh`` runs before the backend loads; ``kmod_modules``
+    installs kmod's modprobe with those modules (+ ``/etc/modprobe.d/pvepstore.conf``).
+    """
     ko = build_oopsmod(kernel)
     mods = kernel.resolve_modules(BASE_MODULES, required=False)
-    pmods = kernel.resolve_modules(PSTORE_MODULES)
-    pzone = [m for m in pmods if Path(m).name.startswith("pstore_zone")]
-    pblk = [m for m in pmods if Path(m).name.startswith("pstore_blk")]
-    if not (pzone and pblk):
-        raise RuntimeError("pstore_zone/pstore_blk must be modules")
+    pmods = kernel.resolve_modules(BACKEND_MODULES[backend])
+    if backend == "pstore_blk":
+        pzone = [m for m in pmods if Path(m).name.startswith("pstore_zone")]
+        pblk = [m for m in pmods if Path(m).name.startswith("pstore_blk")]
+        if not (pzone and pblk):
+            raise RuntimeError("pstore_zone/pstore_blk must be modules")
+        names = {"PSTORE_ZONE": _strip_ext(pzone[0]), "PSTORE_BLK": _strip_ext(pblk[0])}
+    else:
+        if not pmods or not Path(pmods[-1]).name.startswith(backend):
+            raise RuntimeError(f"{kernel.label}: {backend} must be a module")
+        names = {"PSTORE_DEPS": " ".join(_strip_ext(m) for m in pmods[:-1]),
+                 "PSTORE_MAIN": _strip_ext(pmods[-1])}
     with tempfile.TemporaryDirectory(prefix="pvepstore-initrd-") as td:
         root = Path(td)
         for d in ("bin", "sbin", "etc", "proc", "sys", "dev", "tmp", "lib/modules"):
@@ -294,34 +390,22 @@ def build_initramfs(kernel: Kernel, dest: Path, blkdev: str, pstore_params: str,
         (root / "bin/sh").symlink_to("busybox")
         loadlist = []
         for rel in mods + pmods:
-            src = kernel.moddir / rel
-            name = rel
-            dst = root / "lib/modules" / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if rel.endswith(".xz"):
-                name = rel[:-3]
-                dst = root / "lib/modules" / name
-                dst.write_bytes(subprocess.run(["xz", "-dc", str(src)], check=True,
-                                               capture_output=True).stdout)
-            elif rel.endswith(".zst"):
-                name = rel[:-4]
-                dst = root / "lib/modules" / name
-                dst.write_bytes(subprocess.run(["zstd", "-dc", str(src)], check=True,
-                                               capture_output=True).stdout)
-            else:
-                shutil.copy2(src, dst)
+            _unpack_module(kernel.moddir / rel, root / "lib/modules" / _strip_ext(rel))
             if rel in mods:
-                loadlist.append(name)
+                loadlist.append(_strip_ext(rel))
+        if kmod_modules is not None:
+            _install_kmod(kernel, root, kmod_modules, modprobe_d)
         shutil.copy2(ko, root / "lib/modules/pvepstore_oops.ko")
         (root / "etc/modlist").write_text("\n".join(loadlist) + "\n")
-        strip = lambda r: r[:-3] if r.endswith(".xz") else r[:-4] if r.endswith(".zst") else r
-        init = INIT_TEMPLATE.replace(
-            "#!/bin/busybox sh\n",
-            "#!/bin/busybox sh\n"
-            f"BLKDEV='{blkdev}'\nPSTORE_PARAMS='{pstore_params}'\n"
-            f"PSTORE_ZONE='{strip(pzone[0])}'\nPSTORE_BLK='{strip(pblk[0])}'\n", 1)
+        head = (f"BLKDEV='{blkdev}'\nCOUNTER='{counter}'\nPSTORE_PARAMS='{pstore_params}'\n"
+                f"PRE_PROBE_WAIT={pre_probe_wait}\n"
+                + "".join(f"{k}='{v}'\n" for k, v in names.items()))
+        init = INIT_TEMPLATE.replace("#!/bin/busybox sh\n", "#!/bin/busybox sh\n" + head, 1)
         (root / "init").write_text(init)
         os.chmod(root / "init", 0o755)
+        (root / "etc/backend.sh").write_text(BACKEND_SH[backend])
+        if pre_sh:
+            (root / "etc/pre.sh").write_text(pre_sh)
         (root / "etc/events.sh").write_text(events_sh)
         files = subprocess.run(["find", ".", "-print0"], cwd=root, check=True,
                                capture_output=True).stdout
@@ -348,6 +432,8 @@ def events_to_sh(events: list) -> str:
       "reboot" | "poweroff"             reboot -f / poweroff -f right now
       ("view", tag)                     dump the pstorefs view now
       "remount"                         umount + mount pstorefs again
+      ("sysctl", key, value)            e.g. ("sysctl", "kernel.panic", 0)
+      ("sh", "command", "label")        any shell command (logged with its label)
     """
     lines = []
     for ev in events:
@@ -385,10 +471,23 @@ def events_to_sh(events: list) -> str:
             lines.append(f"dump_view {ev[1]}")
         elif kind == "remount":
             lines.append("umount /sys/fs/pstore; mount -t pstore pstore /sys/fs/pstore")
+        elif kind == "sysctl":
+            lines.append(f'log "event sysctl {ev[1]}={ev[2]}"; '
+                         f'echo {ev[2]} > /proc/sys/{ev[1].replace(".", "/")}')
+        elif kind == "sh":
+            lines.append(f'log "event sh {ev[2] if len(ev) > 2 else ""}"; {ev[1]}')
         else:
             raise ValueError(f"unknown event {ev!r}")
         lines.append(f'out "==EVENT-DONE {kind}=="')
     return "\n".join(lines) + "\n"
+
+
+def boots_to_sh(boots: list) -> str:
+    """Events of the in-process boots of one QEMU process, chosen by $BOOTNO."""
+    if len(boots) == 1:
+        return events_to_sh(boots[0])
+    arms = [f"{i})\n{events_to_sh(evs)};;" for i, evs in enumerate(boots, 1)]
+    return "case $BOOTNO in\n" + "\n".join(arms) + "\nesac\n"
 
 
 # ----------------------------------------------------------------------------
@@ -409,6 +508,7 @@ class BootResult:
     console: str
     views: dict = field(default_factory=dict)   # tag -> View
     markers: list = field(default_factory=list)  # raw "==...==" marker lines
+    killed: bool = False                         # ended by on_poll (e.g. a hung guest)
 
 
 @dataclass
@@ -419,6 +519,7 @@ class View:
     files: dict = field(default_factory=dict)         # name -> bytes
     file_stat: dict = field(default_factory=dict)     # name -> (size, mtime)
     dmesg: str = ""
+    modules: list = field(default_factory=list)       # loaded modules (/proc/modules)
 
 
 def parse_channel(text: str) -> tuple[dict, list]:
@@ -443,6 +544,8 @@ def parse_channel(text: str) -> tuple[dict, list]:
                 cur.uname = body[6:]
             elif cur is not None and body.startswith("CPU-POSSIBLE "):
                 cur.cpu_possible = body[13:]
+            elif cur is not None and body.startswith("MODULES"):
+                cur.modules = body[8:].split()
             elif cur is not None and body.startswith("PARAM "):
                 parts = body[6:].split(" ", 1)
                 cur.params[parts[0]] = parts[1] if len(parts) > 1 else ""
@@ -472,9 +575,32 @@ def _kill_group(proc: subprocess.Popen):
     proc.wait()
 
 
-def run_boot(kernel: Kernel, disk: Disk, initrd: Path, workdir: Path, tag: str,
+def ivshmem_args(mem_path: Path, size_mib: int = 1) -> list[str]:
+    """Exactly the ivshmem arguments qemu-server generates for ``ivshmem: size=N,name=...``
+    (without its bus/addr, which only pins the PCI slot)."""
+    return ["-object", f"memory-backend-file,id=ivshmem,share=on,mem-path={mem_path},size={size_mib}M",
+            "-device", "ivshmem-plain,memdev=ivshmem"]
+
+
+OVMF_CODE = Path(os.environ.get("PVEPSTORE_OVMF_CODE", "/usr/share/OVMF/OVMF_CODE_4M.fd"))
+OVMF_VARS = Path(os.environ.get("PVEPSTORE_OVMF_VARS", "/usr/share/OVMF/OVMF_VARS_4M.fd"))
+
+
+def ovmf_args(vars_copy: Path) -> list[str]:
+    """OVMF as pflash: the read-only code and the VM's own copy of the variable store."""
+    return ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
+
+
+def run_boot(kernel: Kernel, disk: Disk | None, initrd: Path, workdir: Path, tag: str,
              cmdline_extra: str = "", timeout: float = 240, smp: int = 1,
-             mem: int = 512) -> BootResult:
+             mem: int = 512, *, extra_args: list[str] = (), no_reboot: bool = True,
+             on_poll=None, poll: float = 0.1) -> BootResult:
+    """One QEMU process (one boot, or several when ``no_reboot`` is False).
+
+    ``on_poll(channel_text, console_text)`` is called every ``poll`` seconds while
+    QEMU runs (e.g. to copy live ivshmem memory); a true return kills QEMU.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     con = workdir / f"{tag}.console.log"
     chan = workdir / f"{tag}.channel.log"
@@ -484,40 +610,62 @@ def run_boot(kernel: Kernel, disk: Disk, initrd: Path, workdir: Path, tag: str,
     accel = probe_accel()
     cmdline = ("console=ttyS0,115200 panic=-1 rdinit=/init printk.time=1 "
                "nokaslr no_timer_check " + cmdline_extra).strip()
-    drive = f"file={disk.path},format=raw,cache=writeback"
-    if disk.snapshot:
-        drive += ",snapshot=on"
-    if disk.bus == "virtio":
-        dev = ["-drive", drive + ",if=virtio"]
-    elif disk.bus == "scsi":
-        dev = ["-device", "virtio-scsi-pci,id=scsi0",
-               "-drive", drive + ",if=none,id=pdisk",
-               "-device", "scsi-hd,drive=pdisk,bus=scsi0.0"]
-    else:
-        raise ValueError(disk.bus)
+    dev: list[str] = []
+    if disk is not None:
+        drive = f"file={disk.path},format=raw,cache=writeback"
+        if disk.snapshot:
+            drive += ",snapshot=on"
+        if disk.bus == "virtio":
+            dev = ["-drive", drive + ",if=virtio"]
+        elif disk.bus == "scsi":
+            dev = ["-device", "virtio-scsi-pci,id=scsi0",
+                   "-drive", drive + ",if=none,id=pdisk",
+                   "-device", "scsi-hd,drive=pdisk,bus=scsi0.0"]
+        else:
+            raise ValueError(disk.bus)
     argv = [QEMU, "-accel", accel, "-machine", "pc", "-m", str(mem), "-smp", str(smp),
-            "-nographic", "-no-reboot", "-monitor", "none", "-nic", "none",
+            "-nographic"] + (["-no-reboot"] if no_reboot else []) + [
+            "-monitor", "none", "-nic", "none",
             "-serial", f"file:{con}", "-serial", f"file:{chan}",
             "-kernel", str(kernel.image), "-initrd", str(initrd),
-            "-append", cmdline] + dev
+            "-append", cmdline] + dev + list(extra_args)
     (workdir / f"{tag}.argv").write_text(" ".join(argv) + "\n")
     t0 = time.monotonic()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    qout = workdir / f"{tag}.qemu.out"
+    with open(qout, "wb") as qf:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=qf,
+                                stderr=subprocess.STDOUT, start_new_session=True)
     timed_out = False
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        _kill_group(proc)
-        out = b""
+    killed = False
+    if on_poll is None:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_group(proc)
+    else:
+        read = lambda p: p.read_text(errors="replace") if p.exists() else ""
+        while True:
+            try:
+                proc.wait(timeout=poll)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if on_poll(read(chan), read(con)):
+                killed = True
+                _kill_group(proc)
+                break
+            if time.monotonic() - t0 > timeout:
+                timed_out = True
+                _kill_group(proc)
+                break
     dt = time.monotonic() - t0
-    if out:
-        (workdir / f"{tag}.qemu.out").write_bytes(out)
+    if qout.stat().st_size == 0:
+        qout.unlink()
     console = con.read_text(errors="replace") if con.exists() else ""
     channel = chan.read_text(errors="replace") if chan.exists() else ""
     views, markers = parse_channel(channel)
-    return BootResult(proc.returncode, timed_out, dt, console, views, markers)
+    return BootResult(proc.returncode, timed_out, dt, console, views, markers, killed)
 
 
 # ----------------------------------------------------------------------------

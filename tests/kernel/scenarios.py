@@ -1,4 +1,4 @@
-"""Fixture scenarios: what to boot, with which pstore_blk parameters and events.
+"""Fixture scenarios: what to boot, with which pstore_blk/ramoops parameters and events.
 
 A scenario runs ``len(boots)`` *writing* boots on a raw disk image (each boot
 loads pstore_blk, mounts pstorefs, runs its events, then ``poweroff -f`` unless
@@ -6,6 +6,15 @@ an event already ended the boot). The image after the last writing boot is the
 fixture image. A final *reading* boot attaches a copy of it with
 ``snapshot=on``, loads pstore_blk with the same parameters, mounts pstorefs and
 sends back every file: that is the kernel's view (``kernel/``).
+
+ramoops scenarios (``backend="ramoops"``) put ramoops on the BAR2 of an
+``ivshmem-plain`` device backed by a host file, with exactly the QEMU arguments
+Proxmox generates for ``ivshmem: size=1,name=...``. They run ``runs``: QEMU
+processes on the same file, each with one or more in-process boots (a reboot
+inside the guest keeps the process when ``reboot=True``: Proxmox adds
+``-no-reboot`` only for ``reboot: 0``). The kernel's view comes from a new QEMU
+process on a copy of the file (``read="new-process"``) or from the last boot of
+the last run (``read="in-process"``).
 """
 
 from __future__ import annotations
@@ -32,6 +41,15 @@ class Scenario:
     expect_dmesg: list = field(default_factory=list)  # substrings expected in the pstore dmesg lines
     smp: int = 1
     boot_params: list | None = None  # per writing boot: params dict overriding `params`
+    # ---- ramoops on ivshmem ----
+    backend: str = "pstore_blk"      # "pstore_blk" | "ramoops"
+    runs: list | None = None         # ramoops: [QemuRun, ...]
+    read: str = "new-process"        # ramoops: "new-process" | "in-process"
+    ramoops: dict = field(default_factory=dict)   # ramoops insmod params in bytes (+max_reason, ecc)
+    firmware: str = "seabios"        # "seabios" | "ovmf"
+    route: str | None = None         # OVMF: the Route (efi_pstore handling) of every run
+    routes: list = field(default_factory=list)    # OVMF: Routes measured in extra probe boots
+    expect_heads: dict = field(default_factory=dict)  # record name -> its first line in the kernel view
 
     def params_for_boot(self, i: int) -> dict:
         """insmod params (dict) of writing boot i (1-based); the reading boot uses `params`."""
@@ -43,7 +61,13 @@ class Scenario:
     def offset(self) -> int:
         return self.partition[0] if self.partition else 0
 
+    def ramoops_insmod(self) -> str:
+        """ramoops.ko parameters after mem_address/mem_size (taken from BAR2 in the guest)."""
+        return " ".join(f"{k}={_hex(self.ramoops[k])}" for k in RAMOOPS_KEYS if k in self.ramoops)
+
     def insmod_params(self, params: dict | None = None) -> str:
+        if self.backend == "ramoops":
+            return self.ramoops_insmod()
         params = self.params if params is None else params
         p = [f"blkdev={self.blkdev}", "best_effort=y"]
         for k in ("kmsg_size", "pmsg_size", "console_size", "ftrace_size", "max_reason"):
@@ -51,6 +75,64 @@ class Scenario:
                 p.append(f"{k}={params[k]}")
         return " ".join(p)
 
+
+RAMOOPS_KEYS = ("record_size", "console_size", "pmsg_size", "ftrace_size", "max_reason", "ecc")
+
+
+def _hex(v: int) -> str:
+    return hex(v) if v >= 4096 else str(v)   # sizes in hex as in the recipe, flags in decimal
+
+
+@dataclass
+class QemuRun:
+    """One QEMU process on the ivshmem file."""
+    boots: list                      # events of each in-process boot (boot 1, 2, ...)
+    reboot: bool = False             # no -no-reboot: a guest reboot stays in this process
+    hang: bool = False               # guest hangs after a panic: copy the live file, then kill QEMU
+    pve: bool = False                # PVE's lifecycle around it: pre-start hook, QEMU, post-start
+                                     # hook, QEMU exits, unlink (vm_stop_cleanup), post-stop hook
+
+
+# systemd-udevd's coldplug loads modules by modalias with the blacklist applied
+# (efi_pstore has MODULE_ALIAS("platform:efivars")); Debian 12's systemd-pstore.service
+# Wants=modprobe@efi_pstore.service, which runs `modprobe -abq efi_pstore`.
+DEBIAN_EFI_PSTORE = (
+    'for d in /sys/bus/platform/devices/efivars.*; do [ -f $d/modalias ] || continue; '
+    'modprobe -bq $(cat $d/modalias); out "==UDEV-MODPROBE $(cat $d/modalias) $?=="; done; '
+    'modprobe -abq efi_pstore; out "==MODPROBE-EFI-PSTORE $?=="')
+
+
+@dataclass
+class Route:
+    """How a guest keeps efi_pstore from taking pstore's single backend slot."""
+    name: str
+    description: str
+    modprobe_d: str | None = None    # /etc/modprobe.d/pvepstore.conf
+    cmdline: str = ""
+    ramoops_first: bool = False      # ramoops loaded before udev/systemd load efi_pstore
+
+    def pre_sh(self) -> str:
+        return "" if self.ramoops_first else DEBIAN_EFI_PSTORE + "\n"
+
+    def events(self) -> list:
+        return [("sh", DEBIAN_EFI_PSTORE, "udev+systemd load efi_pstore")] if self.ramoops_first else []
+
+
+ROUTES = [
+    Route("none", "Debian 12 as shipped: efi_pstore is loaded (udev alias, modprobe@efi_pstore) "
+          "before ramoops"),
+    Route("ramoops-first", "ramoops loaded before anything loads efi_pstore",
+          ramoops_first=True),
+    Route("blacklist", "/etc/modprobe.d: blacklist efi_pstore", modprobe_d="blacklist efi_pstore\n"),
+    Route("options-disable", "/etc/modprobe.d: options efi_pstore pstore_disable=Y",
+          modprobe_d="options efi_pstore pstore_disable=Y\n"),
+    Route("cmdline-disable", "kernel command line efi_pstore.pstore_disable=1",
+          cmdline="efi_pstore.pstore_disable=1"),
+]
+ROUTE_BY_NAME = {r.name: r for r in ROUTES}
+
+IVSHMEM_RAMOOPS = {"record_size": 0x10000, "console_size": 0, "pmsg_size": 0, "ftrace_size": 0,
+                   "max_reason": 4, "ecc": 0}
 
 OOPS_WAIT = [("sleep", 3)]          # the dmesg write is deferred ~0.5 s (psz_cleaner)
 
@@ -252,6 +334,98 @@ SCENARIOS = [
     ),
 ]
 
+# ---- ramoops on Proxmox's ivshmem device (stock kernel unless noted) ----
+SCENARIOS += [
+    Scenario(
+        "ivshmem-oops",
+        "ramoops on the BAR2 of ivshmem-plain (1 MiB host file), record_size=64 KiB, "
+        "no console/pmsg/ftrace zones -> 16 dmesg zones, max_reason=4. Two Oopses 1 s apart "
+        "(written synchronously), then poweroff -f -> the Shutdown dump lands in zone 2. "
+        "Kernel view: a new QEMU process on a copy of the file.",
+        boots=[], backend="ramoops", ramoops=dict(IVSHMEM_RAMOOPS),
+        runs=[QemuRun([["oops", ("sleep", 1), "oops", ("sleep", 1)]])],
+        expected=["dmesg-ramoops-0", "dmesg-ramoops-1", "dmesg-ramoops-2"],
+        expect_heads={"dmesg-ramoops-0": "Oops#1 Part1", "dmesg-ramoops-1": "Oops#2 Part1",
+                      "dmesg-ramoops-2": "Shutdown#3 Part1"},
+        expect_dmesg=["Registered ramoops as persistent store backend", "using 0x100000@"],
+    ),
+    Scenario(
+        "ivshmem-panic-hang",
+        "kernel.panic=0 (Debian's default): sysrq-c panics and the guest hangs. The host copies "
+        "the LIVE file while QEMU still runs (two equal reads) -> that copy is image.xz and the "
+        "host reader must find the Panic record in it; then QEMU is killed. Kernel view: a new "
+        "QEMU process on the same file.",
+        boots=[], backend="ramoops", ramoops=dict(IVSHMEM_RAMOOPS),
+        runs=[QemuRun([[("sysctl", "kernel.panic", 0), "panic"]], hang=True)],
+        expected=["dmesg-ramoops-0"],
+        expect_heads={"dmesg-ramoops-0": "Panic#1 Part1"},
+    ),
+    Scenario(
+        "ivshmem-panic-reboot",
+        "kernel.panic=1: sysrq-c panics, emergency_restart() reboots inside the SAME QEMU "
+        "process (no -no-reboot): Panic#1 in zone 0, Emergency#2 in zone 1. Kernel view: the "
+        "second boot of that process; image.xz: the file copied just before that boot's ramoops "
+        "probe.",
+        boots=[], backend="ramoops", ramoops=dict(IVSHMEM_RAMOOPS), read="in-process",
+        runs=[QemuRun([[("sysctl", "kernel.panic", 1), "panic"], []], reboot=True)],
+        expected=["dmesg-ramoops-0", "dmesg-ramoops-1"],
+        expect_heads={"dmesg-ramoops-0": "Panic#1 Part1", "dmesg-ramoops-1": "Emergency#2 Part1"},
+    ),
+    Scenario(
+        "ivshmem-clean-reboot",
+        "reboot -f inside the guest, same QEMU process: the kmsg_dump(SHUTDOWN) record is "
+        "written before the reset. Kernel view: the second boot of the process.",
+        boots=[], backend="ramoops", ramoops=dict(IVSHMEM_RAMOOPS), read="in-process",
+        runs=[QemuRun([[("sleep", 1), "reboot"], []], reboot=True)],
+        expected=["dmesg-ramoops-0"],
+        expect_heads={"dmesg-ramoops-0": "Shutdown#1 Part1"},
+    ),
+    Scenario(
+        "ivshmem-poweroff-stop-start",
+        "poweroff -f, then the host side as Proxmox runs it: pvepstore's post-start hook ran after "
+        "QEMU started (hard link pvepstore-keep-<name>), QEMU exits, vm_stop_cleanup unlinks "
+        "/dev/shm/pve-shm-<name>, post-stop (durable copy) and pre-start (relink) hooks run "
+        "(pvepstore.pve.ivshmem.run_hook under a temporary host_root), and a NEW QEMU process "
+        "maps the relinked file: its kernel lists the poweroff's Shutdown record.",
+        boots=[], backend="ramoops", ramoops=dict(IVSHMEM_RAMOOPS), read="in-process",
+        runs=[QemuRun([[("sleep", 1), "poweroff"]], pve=True), QemuRun([[]], pve=True)],
+        expected=["dmesg-ramoops-0"],
+        expect_heads={"dmesg-ramoops-0": "Shutdown#1 Part1"},
+    ),
+    Scenario(
+        "ivshmem-custom-console-pmsg",
+        "Custom 6.1 kernel (PSTORE_CONSOLE+PSTORE_PMSG, ramoops.ko) with console_size=pmsg_size="
+        "64 KiB: 14 dmesg zones, console @0xe0000, pmsg @0xf0000. Three pmsg writes, three printk "
+        "lines, one Oops, poweroff (Shutdown in zone 1). Kernel view: new QEMU process on a copy "
+        "(ramoops zaps the console/pmsg zones when it probes; the view shows the saved old text).",
+        boots=[], backend="ramoops", kernel="custom",
+        ramoops={**IVSHMEM_RAMOOPS, "console_size": 0x10000, "pmsg_size": 0x10000},
+        runs=[QemuRun([[("pmsg", "hello from pmsg, line 1\n"),
+                        ("pmsg", "line 2: reboot reason = fixture\n"),
+                        ("pmsg", "line 3: last words\n"),
+                        ("kmsg_lines", 3, "pvepstore-console-marker"),
+                        "oops", ("sleep", 1)]])],
+        expected=["console-ramoops-0", "dmesg-ramoops-0", "dmesg-ramoops-1", "pmsg-ramoops-0"],
+        expect_heads={"dmesg-ramoops-0": "Oops#1 Part1", "dmesg-ramoops-1": "Shutdown#2 Part1"},
+        expect_dmesg=["Registered ramoops as persistent store backend"],
+    ),
+    Scenario(
+        "ivshmem-ovmf-efi-pstore",
+        "OVMF guest (OVMF_CODE_4M.fd + its own OVMF_VARS_4M.fd copy as pflash) where efi_pstore "
+        "competes for pstore's single backend slot; the guest loads efi_pstore as Debian 12 does "
+        "(udev modalias platform:efivars, modprobe -abq efi_pstore; real kmod modprobe). Probe "
+        "boots measure each route (meta.routes); the fixture run uses "
+        "`options efi_pstore pstore_disable=Y`: one Oops, poweroff; kernel view from a new QEMU "
+        "process on a copy (same firmware and route).",
+        boots=[], backend="ramoops", ramoops=dict(IVSHMEM_RAMOOPS), firmware="ovmf",
+        route="options-disable", routes=ROUTES,
+        runs=[QemuRun([["oops", ("sleep", 1)]])],
+        expected=["dmesg-ramoops-0", "dmesg-ramoops-1"],
+        expect_heads={"dmesg-ramoops-0": "Oops#1 Part1", "dmesg-ramoops-1": "Shutdown#2 Part1"},
+        expect_dmesg=["Registered ramoops as persistent store backend"],
+    ),
+]
+
 BY_NAME = {s.name: s for s in SCENARIOS}
 
 # quick smoke: one boot, one Oops, remount pstorefs and compare names only
@@ -260,4 +434,13 @@ SMOKE = Scenario(
     "smoke test: one Oops, then remount pstorefs in the same boot",
     boots=[["oops", ("sleep", 3), "remount", ("view", "after")]],
     expected=["dmesg-pstore_blk-0"],
+)
+
+# quick ivshmem smoke: one boot, one Oops, remount; the host reads the live file meanwhile
+SMOKE_IVSHMEM = Scenario(
+    "smoke-ivshmem",
+    "smoke test: ramoops on ivshmem, one Oops, remount pstorefs in the same boot",
+    boots=[], backend="ramoops", ramoops=dict(IVSHMEM_RAMOOPS),
+    runs=[QemuRun([["oops", "remount", ("view", "after"), ("sleep", 2)]])],
+    expected=["dmesg-ramoops-0"],
 )

@@ -1,4 +1,5 @@
-"""Real-kernel smoke test: one QEMU boot, one Oops, compare pstorefs names.
+"""Real-kernel smoke tests: one QEMU boot, one Oops, compare pstorefs names
+(pstore_blk) and the host reader's bytes (ramoops on ivshmem).
 
 Marked ``kernel``; deselect with ``-m 'not kernel'``. Skipped when
 qemu-system-x86_64, the target kernel image or busybox is missing. Takes
@@ -43,4 +44,16 @@ def test_oops_lands_in_zone0():
     r = smoke(log=print)
     assert r["ok"], r["problems"]
     assert r["names"] == ["dmesg-pstore_blk-0"]
+    assert r["seconds"] < 60
+
+
+@pytest.mark.skipif(_missing() is not None, reason=str(_missing()))
+def test_ivshmem_oops_read_live_by_the_host_equals_the_kernel():
+    # ramoops on Proxmox's ivshmem device: the host's copy of the live file, read by
+    # pvepstore, must equal what the guest kernel lists in /sys/fs/pstore
+    from tests.kernel.generate import smoke_ivshmem
+
+    r = smoke_ivshmem(log=print)
+    assert r["ok"], r["problems"]
+    assert r["names"] == ["dmesg-ramoops-0"]
     assert r["seconds"] < 60
