@@ -60,9 +60,16 @@ class PstoreHeader:
     total: int | None = None  # pstorefs' "Total N times" (the on-disk counter)
 
 
+# The shape of nearly every line of a pstore dmesg record: "<4>[    1.234567] message".
+_DMESG_FAST = re.compile(r"<(\d{1,3})>\[\s*(\d+\.\d+)\] ?(?!\s*\[\s*[TC]\d+\])")
+
+
 def peel(raw: str, number: int = 0) -> LogLine:
     """Strip the syslog prefix, level, timestamp and caller id from one line."""
     text = raw.rstrip("\r\n")
+    m = _DMESG_FAST.match(text)
+    if m:  # the common case in one regex; the loop below handles every other layering
+        return LogLine(number, text[m.end():], int(m.group(1)) & 7, float(m.group(2)), None, None, None, raw)
     host = program = level = timestamp = caller = None
     m = _SYSLOG.match(text)
     if m:

@@ -99,6 +99,10 @@ TRIGGERS: tuple[Trigger, ...] = (
     _t(r"^VFS: (?:Busy inodes after unmount|Close: file count is 0)", K.OTHER),
 )
 
+# One pass that rules out the common case (no trigger on this line) before the ordered
+# per-rule loop below: the sweep analyses every line of every record.
+ANY_TRIGGER = re.compile("|".join(f"(?:{t.pattern.pattern})" for t in TRIGGERS))
+
 # Lines that announce the crash that follows (kept in its text, never a crash of their own).
 PRELUDE = re.compile(r"^-+\[ cut here \]-+$|^=+$|^-{10,}$")
 
@@ -113,7 +117,7 @@ IGNORED = re.compile(
 def match_trigger(text: str) -> Trigger | None:
     """The first rule that matches a bare message line, or None."""
     stripped = text.strip()
-    if not stripped or IGNORED.search(stripped):
+    if not stripped or not ANY_TRIGGER.search(stripped) or IGNORED.search(stripped):
         return None
     for trig in TRIGGERS:
         if trig.pattern.search(stripped):

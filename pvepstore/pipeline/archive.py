@@ -28,7 +28,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..pstore.model import Record
 from ..text import safe_filename
-from .durable import publish_dir
+from .durable import dumps, publish_dir
 
 
 @dataclass(frozen=True)
@@ -97,9 +97,9 @@ class Archive:
                 (build / "records" / fname).write_bytes(rec.data)
                 index.append({"name": rec.name, "file": fname, "sha256": hashlib.sha256(rec.data).hexdigest(),
                               "size": len(rec.data), "erased": rec.erased})
-            (build / "records.json").write_text(json.dumps({"source": source, "records": index}, indent=2))
-            (build / "evidence.json").write_text(json.dumps(evidence, indent=2, ensure_ascii=True))
-            (build / "incident.json").write_text(json.dumps(event, indent=2, ensure_ascii=True))
+            (build / "records.json").write_text(dumps({"source": source, "records": index}))
+            (build / "evidence.json").write_text(dumps(evidence))
+            (build / "incident.json").write_text(dumps(event))
             build.chmod(0o750)
             target = vm_dir / name
             fresh = publish_dir(build, target)

@@ -40,7 +40,13 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o640) -> None:
 
 
 def write_json(path: Path, doc: object) -> None:
-    write_atomic(path, (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=True) + "\n").encode())
+    # No indent: json's C encoder only runs without one (events carry kernel text, and a
+    # sweep writes many); `pvepstore incidents show --json` pretty-prints for humans.
+    write_atomic(path, (dumps(doc) + "\n").encode())
+
+
+def dumps(doc: object) -> str:
+    return json.dumps(doc, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
 
 
 def read_json(path: Path, default: object = None) -> object:

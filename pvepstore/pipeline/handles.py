@@ -156,9 +156,11 @@ class IvshmemVm:
             ivshmem.clear_records(self.cfg, self.vmid, self._image, records)
 
 
-def open_vm(cfg: "Config", api, ref, local: str, *, allow_offline: bool = True):
+def open_vm(cfg: "Config", api, ref, local: str, *, allow_offline: bool = True,
+            connect_guest: Callable | None = None):
     """The right handle for one VM: ivshmem memory on this host, else the guest when it
-    runs, else its volume when it is off."""
+    runs, else its volume when it is off.  ``connect_guest(target)`` makes the
+    guest transport (default: an SSH connection; the sweep benchmark simulates one)."""
     from ..guest import GuestTarget, SshTransport
     from ..pve.address import resolve_address
 
@@ -169,13 +171,20 @@ def open_vm(cfg: "Config", api, ref, local: str, *, allow_offline: bool = True):
             raise GuestError(f"VM {vmid} runs on node {node}: its ivshmem records are in that "
                              "node's /dev/shm", hint="run the sweep on every node")
         return IvshmemVm(vmid, vm, cfg)
-    status = api.get(f"nodes/{node}/qemu/{vmid}/status/current") or {}
-    if status.get("status") == "running":
-        conf = api.get(f"nodes/{node}/qemu/{vmid}/config") or {}
+    # /cluster/resources may lag by seconds: good enough to pick the guest for a running
+    # VM; a VM it calls stopped is re-checked under PVE's lock before its volume is read.
+    status = ref.status
+    if status == "unknown":
+        status = (api.get(f"nodes/{node}/qemu/{vmid}/status/current") or {}).get("status", "unknown")
+    if status == "running":
         vm_cfg = cfg.for_vm(vmid)
-        address = resolve_address(api, node, vmid, vm_cfg.ssh, conf)
+        if vm_cfg.ssh.host:
+            address = resolve_address(api, node, vmid, vm_cfg.ssh, {})
+        else:
+            conf = api.get(f"nodes/{node}/qemu/{vmid}/config") or {}
+            address = resolve_address(api, node, vmid, vm_cfg.ssh, conf)
         target = GuestTarget.from_config(vm_cfg.ssh, host=address.host, label=f"VM {vmid}")
-        guest = Guest(SshTransport.connect(target), target.where)
+        guest = Guest((connect_guest or SshTransport.connect)(target), target.where)
 
         def tasks(since: float | None) -> list[dict]:
             params = {"vmid": vmid, "limit": 50, "source": "all"}
@@ -185,7 +194,7 @@ def open_vm(cfg: "Config", api, ref, local: str, *, allow_offline: bool = True):
 
         return GuestVm(vmid, vm, guest, cfg.collect.max_record_bytes, tasks, backend=vm_cfg.backend)
     if node != local:
-        raise GuestError(f"VM {vmid} is {status.get('status', 'not running')} on node {node}",
+        raise GuestError(f"VM {vmid} is {status} on node {node}",
                          hint="its volume can only be read on the node that owns it; run the sweep there")
     if not allow_offline:
         raise GuestError(f"VM {vmid} is not running", hint="collect.offline is off in the config")

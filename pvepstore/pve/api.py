@@ -247,4 +247,22 @@ def connect(cfg: Config, *, dry_run: bool = False) -> PveApi:
     from proxmoxer import ProxmoxAPI
     prox = ProxmoxAPI(api.host, port=api.port, user=api.user, token_name=api.token_name,
                       token_value=secret, verify_ssl=verify, timeout=api.timeout)
+    _size_connection_pool(prox, cfg.collect.concurrency)
     return PveApi(prox, backend="https", endpoint=f"https://{api.host}:{api.port}", dry_run=dry_run)
+
+
+def _size_connection_pool(prox: Any, workers: int) -> None:
+    """Keep one kept-alive connection per sweep worker.
+
+    requests pools 10 connections per host; more concurrent workers would each
+    open (and throw away) a new TLS connection per call, which costs pveproxy and
+    us a handshake every time.
+    """
+    from requests.adapters import HTTPAdapter
+
+    session = prox._backend.get_session()  # proxmoxer's https backend keeps one requests.Session
+    adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(10, workers))
+    session.mount("https://", adapter)
+    # The endpoint and its CA are configured explicitly; do not consult proxy and CA
+    # environment variables on every call (requests does, and it is a large share of a call).
+    session.trust_env = False

@@ -13,7 +13,8 @@ from pvepstore.pve.hostvol import resolve_volume
 from tests.conftest import load_fixtures
 
 FIXTURES = {f.name: f for f in load_fixtures()}
-WITH_RECORDS = [n for n, f in FIXTURES.items() if f.kernel_view]
+# pstore disks only: ramoops (ivshmem) fixtures are read by tests/pve/test_ivshmem.py
+WITH_RECORDS = [n for n, f in FIXTURES.items() if f.kernel_view and f.meta.get("format", "pstore_blk") == "pstore_blk"]
 
 
 def pstore_vm(fake, unpack_dir, fixture="oops-deflate", vmid=100, storage="local-lvm", node=None,
