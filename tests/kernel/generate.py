@@ -2,6 +2,7 @@
 
     python3 -m tests.kernel.generate --all            # every scenario whose kernel exists
     python3 -m tests.kernel.generate oops-deflate     # one (or several) by name
+    python3 -m tests.kernel.generate --ivshmem        # the ramoops-on-ivshmem scenarios
     python3 -m tests.kernel.generate --list
     python3 -m tests.kernel.generate --smoke          # one boot, one Oops, names only
     python3 -m tests.kernel.generate --smoke-ivshmem  # the same with ramoops on ivshmem
@@ -737,6 +738,7 @@ def main(argv=None) -> int:
     ap.add_argument("--all", action="store_true", help="all scenarios (custom-kernel ones only if built)")
     ap.add_argument("--stock", action="store_true", help="all stock-kernel scenarios")
     ap.add_argument("--custom", action="store_true", help="all custom-kernel scenarios")
+    ap.add_argument("--ivshmem", action="store_true", help="all ramoops-on-ivshmem scenarios")
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--smoke-ivshmem", action="store_true",
@@ -767,6 +769,8 @@ def main(argv=None) -> int:
             return 2
         else:
             print("NOTE: custom kernel not built, skipping", [s.name for s in cust])
+    if a.ivshmem:
+        todo += [s for s in SCENARIOS if s.backend == "ramoops" and s not in todo]
     for n in a.names:
         if n not in BY_NAME:
             print(f"unknown scenario {n}; --list shows them", file=sys.stderr)
