@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pvepstore.cli import Environment, ExitStatus, main
-from pvepstore.pstore import BlkParams
+from pvepstore.pstore import BlkParams, RamoopsParams
 from pvepstore.pstore.source import unpack_xz_sparse
 from tests.fakepve.plugin import fakepve  # noqa: E402,F401  (fake Proxmox API fixture)
 
@@ -22,7 +22,8 @@ SHARED = Path(os.environ.get("PVEPSTORE_SHARED", REPO.parent / "shared"))
 
 @dataclass
 class Fixture:
-    """A disk image written by a real kernel and the kernel's own /sys/fs/pstore view of it."""
+    """An image written by a real kernel (a pstore_blk disk or ramoops ivshmem memory)
+    and the kernel's own /sys/fs/pstore view of it."""
 
     name: str
     path: Path
@@ -36,7 +37,17 @@ class Fixture:
         return {p.name: p.read_bytes() for p in sorted(kdir.iterdir()) if p.is_file()}
 
     @property
-    def params(self) -> BlkParams:
+    def format(self) -> str:
+        return self.meta.get("format", "pstore_blk")
+
+    @property
+    def params(self) -> BlkParams | RamoopsParams:
+        if self.format == "ramoops":
+            rp = self.meta["ramoops_params"]  # bytes, as the kernel used them
+            return RamoopsParams(mem_size=int(rp["mem_size"]), record_size=int(rp["record_size"]),
+                                 console_size=int(rp["console_size"]),
+                                 ftrace_size=int(rp["ftrace_size"]), pmsg_size=int(rp["pmsg_size"]),
+                                 nr_cpus=int(self.meta.get("nr_cpus") or 1))
         eff = self.meta["effective_params"]
         return BlkParams(kmsg_size=int(eff.get("kmsg_size") or 0),
                          pmsg_size=int(eff.get("pmsg_size") or 0),
