@@ -28,7 +28,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..pstore.model import Record
 from ..text import safe_filename
-from .durable import dumps, publish_dir
+from ..durable import dumps, publish_dir
 
 
 @dataclass(frozen=True)

@@ -20,22 +20,17 @@ before (the ended boot only enters the id of incidents without records).
 
 from __future__ import annotations
 
-import fcntl
-import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 from ..analysis.bootend import BootEnd, ended_boot_evidence, planned_reboot_evidence
 from ..analysis.evidence import EvidenceItem
 from ..analysis.report import build_event
-from ..errors import VmBusyError
 from ..pstore.model import Record
+from ..vmstate import VmStateStore
 from .archive import Archive
-from .durable import read_json, write_json
 from .outbox import Outbox
 
 
@@ -82,37 +77,7 @@ class VmResult:
                 "seconds": round(self.seconds, 3)}
 
 
-class VmState:
-    """Per-VM bookkeeping under ``<state_dir>/vms/<vmid>.json`` (boot id, last collection)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def path(self, vmid: int) -> Path:
-        return self.root / f"{int(vmid)}.json"
-
-    def load(self, vmid: int) -> dict:
-        return read_json(self.path(vmid), {}) or {}
-
-    def update(self, vmid: int, **changes) -> dict:
-        doc = {**self.load(vmid), **changes}
-        write_json(self.path(vmid), doc)
-        return doc
-
-    @contextmanager
-    def locked(self, vmid: int) -> Iterator[None]:
-        """pvepstore's own per-VM lock: one collector per VM at a time (not PVE's config lock)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / f".{int(vmid)}.lock", os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise VmBusyError(f"VM {vmid} is being collected by another pvepstore run",
-                                  hint="it will be picked up by the next sweep") from None
-            yield
-        finally:
-            os.close(fd)
+VmState = VmStateStore  # the collector's name for pvepstore's per-VM state
 
 
 @dataclass

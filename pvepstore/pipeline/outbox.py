@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
-from .durable import fsync_dir, read_json, write_json
+from ..durable import fsync_dir, read_json, write_json
 
 BACKOFF_BASE = 30.0  # seconds after the first failure; doubles up to BACKOFF_MAX
 BACKOFF_MAX = 3600.0

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import ConfigError
-from .durable import read_json, write_atomic, write_json
+from ..durable import read_json, write_atomic, write_json
 
 USER_AGENT = "pvepstore"
 # journald MESSAGE_ID for pvepstore incidents (a fixed random 128-bit id, as sd-id128 wants).

@@ -1,43 +1,25 @@
-"""What provision recorded about a VM, in ``<state_dir>/vms/<vmid>.json`` under the key ``provision``.
-
-The file is shared with the collector (boot id, ``last_collection``): top-level
-keys are merged, never replaced wholesale, and written atomically.
-"""
+"""What provision recorded about a VM: the ``provision`` key of pvepstore's per-VM state
+(:mod:`pvepstore.vmstate`, shared with the collector)."""
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 
 from ..config import Config
 from ..pstore import BlkParams
+from ..vmstate import VmStateStore
 
 
 def state_file(cfg: Config, vmid: int) -> Path:
-    return Path(cfg.state_dir) / "vms" / f"{int(vmid)}.json"
+    return VmStateStore.of(cfg).path(vmid)
 
 
 def load(cfg: Config, vmid: int) -> dict:
-    try:
-        doc = json.loads(state_file(cfg, vmid).read_text())
-    except (OSError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
+    return VmStateStore.of(cfg).load(vmid)
 
 
 def update(cfg: Config, vmid: int, **changes) -> dict:
-    path = state_file(cfg, vmid)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {**load(cfg, vmid), **changes}
-    fd, tmp = tempfile.mkstemp(prefix=f".{vmid}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(doc, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return doc
+    return VmStateStore.of(cfg).update(vmid, **changes)
 
 
 def provision_record(cfg: Config, vmid: int) -> dict:
