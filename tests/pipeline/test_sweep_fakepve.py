@@ -89,3 +89,40 @@ def test_incidents_on_an_empty_archive_and_bad_ids(tmp_path):
     assert r.status == ExitStatus.INPUT and "hint:" in r.stderr
     r = run_cli("--config", str(config), "incidents", "list", "--since", "yesterday-ish")
     assert r.status == ExitStatus.USAGE
+
+
+def test_a_vm_that_disappears_mid_sweep_fails_alone(stopped_vm_with_oopses, unpack_dir):
+    fake, vol, fx = stopped_vm_with_oopses
+    fake.add_vm(103, config={"tags": "pvepstore"}, disk_storage="local")
+    config = fake.config_file()
+    from pvepstore.pipeline import handles
+    real_open = handles.OfflineVm.gather
+
+    def vanish(self):
+        if self.vmid == 103:  # deleted between the listing and the visit
+            fake.paths.vm_config("pve1", 103).unlink()
+        return real_open(self)
+
+    handles.OfflineVm.gather = vanish
+    try:
+        r = run_cli("--config", str(config), "sweep", "--json")
+    finally:
+        handles.OfflineVm.gather = real_open
+    by = {v["vmid"]: v for v in r.json["vms"]}
+    assert by[101]["status"] == "collected"
+    assert by[103]["status"] in ("failed", "skipped") and by[103]["message"]
+    assert r.status == (ExitStatus.PARTIAL if by[103]["status"] == "failed" else ExitStatus.SUCCESS)
+
+
+def test_a_corrupt_volume_is_reported_not_fatal(fakepve):
+    fakepve.add_vm(101, config={"tags": "pvepstore"}, disk_storage="local")
+    vol = fakepve.allocate("local", 101, 1 << 20)
+    import os
+    with open(vol.backing, "r+b") as f:  # a hostile guest filled its disk with signatures and junk
+        f.write((b"DBGC" + os.urandom(60)) * 4096)
+    fakepve.set_config(101, virtio1=f"{vol.volid},backup=0,discard=on,replicate=0,serial=pvepstore,size=1M")
+    r = run_cli("--config", str(fakepve.config_file()), "sweep", "--json")
+    assert r.status in (ExitStatus.SUCCESS, ExitStatus.PARTIAL), r.stderr
+    (vm,) = r.json["vms"]
+    assert vm["status"] in ("nothing", "collected", "failed")
+    assert "internal error" not in vm["message"]
