@@ -375,8 +375,13 @@ def problems(r: ProbeReport) -> list[Problem]:
         if d.read_only:
             add("disk-read-only", "blocker", f"{r.by_id} is read-only", "")
         if not d.initialized and d.zero is False and not r.configured:
-            add("disk-stale", "fix", f"{r.by_id} holds stale bytes from an earlier owner",
-                "apply zeroes the first 128 MiB once, after re-checking serial, size, signature and mounts")
+            if d.head_is_pstore:
+                add("disk-has-records", "warning", f"{r.by_id} already holds pstore_blk zones (this guest's "
+                    "from before an undo, or an earlier owner's)", "kept: read them on the host first; "
+                    "zero the disk yourself if they are not this guest's")
+            else:
+                add("disk-stale", "fix", f"{r.by_id} holds stale bytes from an earlier owner", "apply zeroes "
+                    "the first 128 MiB once, after re-checking serial, size, signature and mounts")
     if r.backend and r.backend != "pstore_blk":
         if r.backend == "erst":
             add("backend-erst", "blocker", "the built-in ACPI ERST backend holds pstore's single slot",

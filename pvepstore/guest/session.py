@@ -64,10 +64,11 @@ class Guest:
                              hint=plan.blockers[0].fix or "see `pvepstore guest probe`")
         return self._change(plan, dry_run)
 
-    def undo(self, dry_run: bool = False, report: ProbeReport | None = None) -> ApplyResult:
-        """Restore every file in the guest's manifest (a probe, then one command)."""
+    def undo(self, dry_run: bool = False, report: ProbeReport | None = None,
+             serial: str = "pvepstore") -> ApplyResult:
+        """Restore every file in the guest's manifest (a probe unless ``report`` is given, then one command)."""
         if report is None:
-            report = self.probe(serial=self._serial_hint(), disk_bytes=None)
+            report = self.probe(serial=serial, disk_bytes=None)
         plan = make_undo_plan(report)
         if plan.blockers:
             raise GuestError(f"{self.where}: {plan.blockers[0].message}",
@@ -80,9 +81,6 @@ class Guest:
     def verify(self, serial: str = "pvepstore") -> VerifyResult:
         """Is pstore_blk the backend, with pvepstore's parameters, on the disk (one command)."""
         return verify_report(self.probe(serial=serial, disk_bytes=None))
-
-    def _serial_hint(self) -> str:
-        return "pvepstore"
 
     def _change(self, plan: Plan, dry_run: bool) -> ApplyResult:
         if dry_run or plan.empty:

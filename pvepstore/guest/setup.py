@@ -383,8 +383,8 @@ def make_plan(r: ProbeReport, *, kmsg_size: int = 64, max_reason: int = 2,
     # the disk: first use only, after re-checks in the guest
     d = r.disk
     if d is not None and d.present and not d.initialized:
-        if r.configured or d.zero:
-            changes.append(Change("run", "mark-disk", "the disk is clean (or already in use by pstore_blk)",
+        if r.configured or d.zero or d.head_is_pstore:
+            changes.append(Change("run", "mark-disk", "the disk is clean, or holds pstore records (kept)",
                                   arg=r.serial))
         else:
             changes.append(Change("run", "wipe-disk", "zero stale bytes of an earlier owner (first use; "

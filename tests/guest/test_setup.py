@@ -89,6 +89,13 @@ def test_second_apply_is_a_no_op():
     assert again.describe() == ["nothing to do: the guest is already as planned"]
 
 
+def test_a_disk_with_pstore_zones_is_kept():
+    g, _ = fake_guest(probe_reply(("disk_head", b"DBGC" + b"\0" * 12), zero="no"))
+    r = probe(g)
+    assert "disk-has-records" in {p.code for p in r.problems} and "disk-stale" not in {p.code for p in r.problems}
+    assert "wipe-disk" not in {c.path for c in g.plan(r).changes}
+
+
 def test_changed_settings_rewrite_but_keep_the_original_backup_entry():
     g, t = fake_guest(probe_reply())
     plan = g.plan(probe(g))

@@ -108,11 +108,35 @@ def _oops_module(release: str):
     return build_oopsmod(kernel)
 
 
+def _host_keys_are_checked(vm):
+    from dataclasses import replace
+
+    from pvepstore.errors import GuestError
+
+    empty = vm.workdir / "empty_known_hosts"
+    empty.write_text("")
+    with pytest.raises(GuestError, match="unknown host key"):
+        with _connect(replace(vm.target(), known_hosts=str(empty))):
+            pass
+    wrong = vm.workdir / "wrong_known_hosts"
+    other = vm.workdir / "other_key"
+    import subprocess
+
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    alg, key = (other.with_suffix(".pub")).read_text().split()[:2]
+    wrong.write_text(f"[127.0.0.1]:{vm.port} {alg} {key}\n")
+    with pytest.raises(GuestError, match="does NOT match"):
+        with _connect(replace(vm.target(), known_hosts=str(wrong))):
+            pass
+    assert empty.read_text() == ""  # nothing was auto-added
+
+
 def test_guest_lifecycle(vm, capsys):
     timings = {}
     t_all = time.monotonic()
     vm.start()
     timings["boot"] = vm.wait_ssh()
+    _host_keys_are_checked(vm)
 
     # -- probe: the truth about a stock Debian 12 kernel --------------------------------
     with connect(vm.target()) as g:
