@@ -53,11 +53,17 @@ elif [ -r /proc/config.gz ]; then
     e kconfig "$(zcat /proc/config.gz | grep -E '^(# )?CONFIG_(PSTORE[A-Z0-9_]*|EFI_VARS_PSTORE[A-Z_]*|ACPI_APEI[A-Z_]*|VIRTIO_BLK)[ =]' | head -c 8192)"
 fi
 e backend "$(cat /sys/module/pstore/parameters/backend 2>/dev/null)"
-for p in /sys/module/pstore_blk/parameters/* /sys/module/efi_pstore/parameters/pstore_disable; do
+for p in /sys/module/pstore_blk/parameters/* /sys/module/ramoops/parameters/* /sys/module/efi_pstore/parameters/pstore_disable; do
     [ -f "$p" ] && e param "${p#/sys/module/}" "$(head -c 256 "$p" 2>/dev/null)"
 done
 [ -d /sys/firmware/efi ] && e efi yes
 [ -e /sys/firmware/acpi/tables/ERST ] && e erst yes
+# Proxmox's ivshmem device (PCI 1af4:1110): BAR2 (line 3 of resource) is the shared memory
+for d in /sys/bus/pci/devices/*; do
+    [ "$(cat "$d/vendor" 2>/dev/null)" = 0x1af4 ] && [ "$(cat "$d/device" 2>/dev/null)" = 0x1110 ] || continue
+    drv=; [ -e "$d/driver" ] && drv=$(basename "$(readlink "$d/driver")")
+    e ivshmem "${d##*/}" "$(sed -n 3p "$d/resource" 2>/dev/null)" "$drv"
+done
 e modprobe_c "$(modprobe -c 2>/dev/null | grep -E '^(blacklist|options|install|softdep) +(pstore|pstore_blk|pstore_zone|efi_pstore|ramoops)( |$)' | head -c 8192)"
 e pstorefs "$(awk '$2=="/sys/fs/pstore"{print $3}' /proc/mounts | head -n 1)"
 e pstore_files "$(ls -1A /sys/fs/pstore 2>/dev/null | wc -l)"
@@ -66,19 +72,21 @@ e sysctl "$(cat /proc/sys/kernel/panic_on_oops 2>/dev/null)" "$(cat /sys/kernel/
 if command -v systemctl >/dev/null 2>&1; then
     e unit systemd-pstore.service "$(systemctl is-enabled systemd-pstore.service 2>/dev/null)" "$(systemctl is-active systemd-pstore.service 2>/dev/null)"
     e unit pvepstore-blk.service "$(systemctl is-enabled pvepstore-blk.service 2>/dev/null)" "$(systemctl is-active pvepstore-blk.service 2>/dev/null)"
+    e unit pvepstore-ramoops.service "$(systemctl is-enabled pvepstore-ramoops.service 2>/dev/null)" "$(systemctl is-active pvepstore-ramoops.service 2>/dev/null)"
     e pstore_conf "$(systemd-analyze cat-config systemd/pstore.conf 2>/dev/null | head -c 16384)"
 fi
 for t in update-grub update-initramfs blkdiscard blkid systemd-analyze journalctl; do
     command -v "$t" >/dev/null 2>&1 && e tool "$t"
 done
-for d in /etc/modprobe.d /etc/systemd/system /etc/systemd/system/sysinit.target.wants /etc/systemd/pstore.conf.d /var/lib/pvepstore; do
+for d in /etc/modprobe.d /etc/systemd/system /etc/systemd/system/sysinit.target.wants /etc/systemd/pstore.conf.d /etc/pvepstore /var/lib/pvepstore; do
     [ -d "$d" ] && e dir "$d"
 done
 # managed files, the manifest, and configuration that mentions ramoops/memmap/pstore
 for p in /etc/modprobe.d/pvepstore.conf /etc/systemd/system/pvepstore-blk.service \
          /etc/systemd/system/sysinit.target.wants/pvepstore-blk.service \
          /etc/systemd/pstore.conf.d/99-pvepstore.conf /var/lib/pvepstore/manifest.json /var/lib/pvepstore/paths \
-         /etc/systemd/system/systemd-pstore.service; do
+         /etc/systemd/system/pvepstore-ramoops.service /etc/systemd/system/sysinit.target.wants/pvepstore-ramoops.service \
+         /etc/pvepstore/ramoops-load.sh /etc/systemd/system/systemd-pstore.service; do
     f "$p"
 done
 if [ -f /var/lib/pvepstore/paths ]; then  # every file in the manifest, one per line
@@ -223,6 +231,11 @@ action() {
         reload-module) modprobe -r pstore_blk 2>/dev/null; systemctl restart pvepstore-blk.service 2>/dev/null || modprobe pstore_blk 2>/dev/null
             [ "$(cat /sys/module/pstore/parameters/backend 2>/dev/null)" = pstore_blk ] && e ran "$1" || e fail "$1" "pstore_blk did not register";;
         unload-module) if modprobe -r pstore_blk 2>/dev/null; then e ran "$1"; else e fail "$1" "still in use"; fi;;
+        load-ramoops) systemctl restart pvepstore-ramoops.service 2>/dev/null
+            [ "$(cat /sys/module/pstore/parameters/backend 2>/dev/null)" = ramoops ] && e ran "$1" || e fail "$1" "ramoops did not register";;
+        reload-ramoops) modprobe -r ramoops 2>/dev/null; systemctl restart pvepstore-ramoops.service 2>/dev/null
+            [ "$(cat /sys/module/pstore/parameters/backend 2>/dev/null)" = ramoops ] && e ran "$1" || e fail "$1" "ramoops did not register";;
+        unload-ramoops) if modprobe -r ramoops 2>/dev/null; then e ran "$1"; else e fail "$1" "still in use"; fi;;
         mark-disk) : > "$STATE/initialized-$2"; e ran "$1";;
         wipe-disk) wipe "$2" "$3" || return 1;;
         update-grub) if command -v update-grub >/dev/null; then update-grub >/dev/null 2>&1 && e ran "$1" || e fail "$1" ""; else e fail "$1" "update-grub not found"; fi;;

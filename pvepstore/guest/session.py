@@ -9,7 +9,7 @@ from typing import Iterable, Iterator
 from ..config import SERIAL_RE
 from ..errors import GuestError, UsageError
 from . import scripts, wire
-from .probe import ProbeReport, build_report
+from .probe import TARGETS, ProbeReport, build_report
 from .records import (DEFAULT_RECORD_CAP, DEFAULT_TOTAL_CAP, BootHistory, ClearResult, GuestRecord,
                       parse_history, parse_records, valid_name)
 from .setup import ApplyResult, Plan, VerifyResult, make_plan, make_undo_plan, verify_report
@@ -41,16 +41,20 @@ class Guest:
         return res, wire.parse(res.stdout)
 
     # -- probe / plan / apply / verify / undo ---------------------------------------
-    def probe(self, serial: str = "pvepstore", disk_bytes: int | None = 512 << 20) -> ProbeReport:
-        """Everything pvepstore needs to know about the guest (one command)."""
+    def probe(self, serial: str = "pvepstore", disk_bytes: int | None = 512 << 20,
+              backend: str = "pstore_blk") -> ProbeReport:
+        """Everything pvepstore needs to know about the guest, for a target ``backend``
+        (``pstore_blk`` or ``ivshmem``) -- one command."""
         if not SERIAL_RE.match(serial):
             raise UsageError(f"invalid disk serial {serial!r}", hint="1-20 characters of A-Z a-z 0-9 _ -")
+        if backend not in TARGETS:
+            raise UsageError(f"unknown backend {backend!r}", hint="pstore_blk or ivshmem")
         _, reply = self._run("probe", scripts.PROBE, [serial, PROBE_FILE_CAP], max_out=4 << 20)
-        return build_report(reply, serial, disk_bytes)
+        return build_report(reply, serial, disk_bytes, backend)
 
-    def plan(self, report: ProbeReport, kmsg_size: int = 64, max_reason: int = 2, *,
+    def plan(self, report: ProbeReport, kmsg_size: int = 64, max_reason: int | None = None, *,
              remove_legacy: bool = False) -> Plan:
-        """What apply would change (no remote command)."""
+        """What apply would change for the report's backend (no remote command)."""
         try:
             return make_plan(report, kmsg_size=kmsg_size, max_reason=max_reason, remove_legacy=remove_legacy,
                              now=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -78,9 +82,10 @@ class Guest:
     def undo_plan(self, report: ProbeReport) -> Plan:
         return make_undo_plan(report)
 
-    def verify(self, serial: str = "pvepstore") -> VerifyResult:
-        """Is pstore_blk the backend, with pvepstore's parameters, on the disk (one command)."""
-        return verify_report(self.probe(serial=serial, disk_bytes=None))
+    def verify(self, serial: str = "pvepstore", backend: str = "pstore_blk") -> VerifyResult:
+        """Is the configured backend registered with pvepstore's parameters: pstore_blk on the
+        disk, or ramoops on the ivshmem device (the manifest says which; one command)."""
+        return verify_report(self.probe(serial=serial, disk_bytes=None, backend=backend))
 
     def _change(self, plan: Plan, dry_run: bool) -> ApplyResult:
         if dry_run or plan.empty:

@@ -1,15 +1,34 @@
-"""Plan, apply, verify and undo the guest configuration of pstore_blk.
+"""Plan, apply, verify and undo the guest configuration of a pstore backend.
 
-What pvepstore puts on a guest (``SERIAL`` = the pstore disk's virtio serial):
+Two backends.  **pstore_blk** (``SERIAL`` = the pstore disk's virtio serial):
 
 * ``/etc/modprobe.d/pvepstore.conf``: ``options pstore_blk blkdev=/dev/disk/by-id/virtio-SERIAL
   best_effort=y kmsg_size=.. max_reason=.. pmsg_size=.. console_size=.. ftrace_size=0``
-  (pmsg/console only where the kernel has the frontend) and ``blacklist efi_pstore``;
+  (pmsg/console only where the kernel has the frontend) and ``options efi_pstore pstore_disable=Y``;
 * ``/etc/systemd/system/pvepstore-blk.service`` (+ its ``sysinit.target.wants`` link):
   after udev coldplug, waits (bounded) for the by-id link, then ``modprobe pstore_blk``;
   ordered before ``systemd-pstore.service`` and ``sysinit.target``.  A missing disk
   costs at most the udev settle time and never fails the boot;
 * ``/etc/systemd/pstore.conf.d/99-pvepstore.conf``: ``Unlink=no``.
+
+**ivshmem** (ramoops on the BAR2 of Proxmox's ``ivshmem`` device, PCI 1af4:1110):
+
+* ``/etc/modprobe.d/pvepstore.conf``: ``options efi_pstore pstore_disable=Y``;
+* ``/etc/pvepstore/ramoops-load.sh``: finds the 1 MiB device, reads BAR2 from sysfs
+  ``resource`` and runs ``modprobe ramoops mem_address=<BAR2> mem_size=<size> record_size=0x10000
+  console_size=.. pmsg_size=.. ftrace_size=0 max_reason=4 ecc=0`` (console/pmsg 64 KiB only where
+  the kernel has the frontend).  No device (the VM was not cold-started since provision): a
+  message, never a failed boot;
+* ``/etc/systemd/system/pvepstore-ramoops.service`` (+ link): runs it early at every boot,
+  before ``systemd-pstore.service`` and ``sysinit.target``;
+* the same ``Unlink=no`` drop-in.
+
+``options efi_pstore pstore_disable=Y`` keeps efi_pstore out of pstore's single backend
+slot whatever the load order (measured on an OVMF guest, tests/fixtures/ivshmem-ovmf-efi-pstore);
+``blacklist efi_pstore`` only stops ``modprobe -b`` callers, so pvepstore no longer writes it.
+Switching between the backends is a plan like any other: the other backend's files are
+removed (or restored from their backup), the manifest keeps the first original of every file,
+and ``undo`` returns the guest to its state before pvepstore, whichever backend is active.
 
 Everything changed is listed in a manifest on the guest
 (``/var/lib/pvepstore/manifest.json``); the first version of every file changed
@@ -31,14 +50,23 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-from .probe import Problem, ProbeReport
+from .probe import IVSHMEM_BYTES, Problem, ProbeReport, _int
 from .scripts import BACKUP_DIR, MANIFEST, STATE_DIR
 
 MODPROBE_CONF = "/etc/modprobe.d/pvepstore.conf"
 UNIT = "/etc/systemd/system/pvepstore-blk.service"
 UNIT_LINK = "/etc/systemd/system/sysinit.target.wants/pvepstore-blk.service"
 PSTORE_DROPIN = "/etc/systemd/pstore.conf.d/99-pvepstore.conf"
-MANAGED = (MODPROBE_CONF, UNIT, UNIT_LINK, PSTORE_DROPIN)
+RAMOOPS_UNIT = "/etc/systemd/system/pvepstore-ramoops.service"
+RAMOOPS_LINK = "/etc/systemd/system/sysinit.target.wants/pvepstore-ramoops.service"
+RAMOOPS_LOADER = "/etc/pvepstore/ramoops-load.sh"
+BLK_FILES = (MODPROBE_CONF, UNIT, UNIT_LINK, PSTORE_DROPIN)
+IVSHMEM_FILES = (MODPROBE_CONF, RAMOOPS_LOADER, RAMOOPS_UNIT, RAMOOPS_LINK, PSTORE_DROPIN)
+MANAGED = tuple(dict.fromkeys(BLK_FILES + IVSHMEM_FILES))
+UNITS = (UNIT, UNIT_LINK, RAMOOPS_UNIT, RAMOOPS_LINK)
+EFI_PSTORE_OFF = ("# efi_pstore would take pstore's single backend slot on UEFI guests; pstore_disable keeps\n"
+                  "# it out whatever the load order (a blacklist only stops `modprobe -b` callers)\n"
+                  "options efi_pstore pstore_disable=Y\n")
 HEADER = "# Managed by pvepstore; `pvepstore guest undo` restores the previous state.\n"
 PATHS = f"{STATE_DIR}/paths"  # the manifest's paths, one a line (read by the probe script)
 MANIFEST_VERSION = 1
@@ -59,20 +87,90 @@ class Settings:
     def blkdev(self) -> str:
         return f"/dev/disk/by-id/virtio-{self.serial}"
 
+    backend = "pstore_blk"
+
     def to_json(self) -> dict:
         return {"serial": self.serial, "blkdev": self.blkdev, "kmsg_size": self.kmsg_size,
                 "max_reason": self.max_reason, "pmsg_size": self.pmsg_size,
                 "console_size": self.console_size, "ftrace_size": 0}
 
 
-def desired_files(s: Settings) -> dict[str, tuple[str, bytes | str]]:
+@dataclass(frozen=True)
+class RamoopsSettings:
+    """ramoops on the ivshmem device; sizes in bytes (``ramoops_params`` is what the host reader needs)."""
+
+    mem_size: int = IVSHMEM_BYTES
+    record_size: int = 0x10000
+    console_size: int = 0
+    pmsg_size: int = 0
+    max_reason: int = 4
+    backend = "ivshmem"
+
+    def ramoops_params(self) -> dict:
+        return {"mem_size": self.mem_size, "record_size": self.record_size, "console_size": self.console_size,
+                "ftrace_size": 0, "pmsg_size": self.pmsg_size}
+
+    def module_args(self) -> str:
+        """modprobe arguments after ``mem_address=``/``mem_size=`` (which come from the device)."""
+        return (f"record_size=0x{self.record_size:x} console_size=0x{self.console_size:x} "
+                f"pmsg_size=0x{self.pmsg_size:x} ftrace_size=0 max_reason={self.max_reason} ecc=0")
+
+    def to_json(self) -> dict:
+        return {"backend": "ivshmem", **self.ramoops_params(), "max_reason": self.max_reason, "ecc": 0}
+
+
+def _ramoops_files(s: RamoopsSettings) -> dict[str, tuple[str, bytes | str]]:
+    loader = ("#!/bin/sh\n" + HEADER +
+              "# Loads ramoops on the BAR2 of Proxmox's ivshmem device (PCI 1af4:1110, the 1 MiB one).\n"
+              "# Never fails the boot: without the device (the VM was not cold-started since\n"
+              "# `ivshmem:` was set) it only says so.\n"
+              "PATH=/usr/sbin:/usr/bin:/sbin:/bin\n"
+              "[ \"$(cat /sys/module/pstore/parameters/backend 2>/dev/null)\" = ramoops ] && exit 0\n"
+              "for d in /sys/bus/pci/devices/*; do\n"
+              "    [ \"$(cat \"$d/vendor\" 2>/dev/null)\" = 0x1af4 ] && [ \"$(cat \"$d/device\" 2>/dev/null)\" = 0x1110 ] || continue\n"
+              "    set -- $(sed -n 3p \"$d/resource\")\n"
+              "    [ $# -ge 2 ] && [ $(($2 - $1 + 1)) -eq " + str(s.mem_size) + " ] || continue\n"
+              "    if [ -e \"$d/driver\" ]; then\n"
+              "        echo \"pvepstore: ${d##*/} is claimed by $(basename \"$(readlink \"$d/driver\")\"): ramoops not loaded\"\n"
+              "        exit 0\n"
+              "    fi\n"
+              f"    modprobe ramoops mem_address=$1 mem_size={s.mem_size} {s.module_args()} || exit 0\n"
+              "    echo \"pvepstore: ramoops on ${d##*/} BAR2 $1: backend $(cat /sys/module/pstore/parameters/backend 2>/dev/null)\"\n"
+              "    exit 0\n"
+              "done\n"
+              "echo \"pvepstore: no 1 MiB ivshmem device (PCI 1af4:1110): ramoops not loaded; Proxmox adds it at the\"\n"
+              "echo \"pvepstore: VM's next cold start (stop + start), a reboot inside the guest is not enough\"\n")
+    unit = (HEADER +
+            "[Unit]\n"
+            "Description=pvepstore: ramoops on the ivshmem device\n"
+            "DefaultDependencies=no\n"
+            "After=systemd-modules-load.service\n"
+            "Before=systemd-pstore.service sysinit.target shutdown.target\n"
+            "Conflicts=shutdown.target\n\n"
+            "[Service]\n"
+            "Type=oneshot\n"
+            "RemainAfterExit=yes\n"
+            "TimeoutStartSec=60\n"
+            f"ExecStart=/bin/sh {RAMOOPS_LOADER}\n\n"
+            "[Install]\n"
+            "WantedBy=sysinit.target\n")
+    return {MODPROBE_CONF: ("file", (HEADER + EFI_PSTORE_OFF).encode()),
+            RAMOOPS_LOADER: ("file", loader.encode()), RAMOOPS_UNIT: ("file", unit.encode()),
+            RAMOOPS_LINK: ("link", RAMOOPS_UNIT), PSTORE_DROPIN: ("file", _DROPIN.encode())}
+
+
+_DROPIN = (HEADER + "# Keep records on the pstore disk: the host collects and clears them.\n"
+           "[PStore]\nUnlink=no\n")
+
+
+def desired_files(s: Settings | RamoopsSettings) -> dict[str, tuple[str, bytes | str]]:
     """path -> ("file", content) | ("link", target)."""
+    if isinstance(s, RamoopsSettings):
+        return _ramoops_files(s)
     modprobe = (HEADER +
                 f"options pstore_blk blkdev={s.blkdev} best_effort=y kmsg_size={s.kmsg_size} "
                 f"max_reason={s.max_reason} pmsg_size={s.pmsg_size} console_size={s.console_size} "
-                "ftrace_size=0\n"
-                "# efi_pstore would take pstore's single backend slot on UEFI guests\n"
-                "blacklist efi_pstore\n")
+                "ftrace_size=0\n" + EFI_PSTORE_OFF)
     unit_name = s.blkdev
     unit = (HEADER +
             "[Unit]\n"
@@ -91,10 +189,8 @@ def desired_files(s: Settings) -> dict[str, tuple[str, bytes | str]]:
             f"else echo \"{unit_name} missing: pstore_blk not loaded\"; fi'\n\n"
             "[Install]\n"
             "WantedBy=sysinit.target\n")
-    dropin = (HEADER + "# Keep records on the pstore disk: the host collects and clears them.\n"
-              "[PStore]\nUnlink=no\n")
     return {MODPROBE_CONF: ("file", modprobe.encode()), UNIT: ("file", unit.encode()),
-            UNIT_LINK: ("link", UNIT), PSTORE_DROPIN: ("file", dropin.encode())}
+            UNIT_LINK: ("link", UNIT), PSTORE_DROPIN: ("file", _DROPIN.encode())}
 
 
 def sha256(data: bytes) -> str:
@@ -259,6 +355,8 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     reboot_required: bool = False
     settings: dict | None = None
+    backend: str = "pstore_blk"
+    cold_start_required: bool = False  # ivshmem: the device appears only when the VM is started anew
 
     @property
     def empty(self) -> bool:
@@ -275,14 +373,19 @@ class Plan:
         if any(c.path == MANIFEST for c in self.changes):
             lines.append(f"{'record' if self.kind == 'apply' else 'remove'} the changes in {MANIFEST}")
         lines += [f"note: {n}" for n in self.notes]
+        module = "ramoops" if self.backend == "ivshmem" else "pstore_blk"
         if self.reboot_required:
-            lines.append("a reboot is needed before pstore_blk can take the backend slot")
+            lines.append(f"a reboot is needed before {module} can take the backend slot")
+        if self.cold_start_required:
+            lines.append("the ivshmem device is not in this boot: Proxmox adds it at the VM's next cold start "
+                         "(stop + start; a reboot inside the guest is not enough), and the unit loads ramoops then")
         return lines
 
     def to_json(self) -> dict:
         return {"kind": self.kind, "empty": self.empty, "changes": [c.to_json() for c in self.changes],
                 "blockers": [b.to_json() for b in self.blockers], "notes": self.notes,
-                "reboot_required": self.reboot_required, "settings": self.settings}
+                "reboot_required": self.reboot_required, "settings": self.settings, "backend": self.backend,
+                "cold_start_required": self.cold_start_required}
 
     def script_args(self) -> list[str]:
         out: list[str] = []
@@ -295,15 +398,33 @@ def _file_arg(content: bytes, mode: str = "644") -> str:
     return f"{mode}:{base64.b64encode(content).decode()}"
 
 
-def make_plan(r: ProbeReport, *, kmsg_size: int = 64, max_reason: int = 2,
-              remove_legacy: bool = False, now: str | None = None) -> Plan:
-    if kmsg_size < 4 or kmsg_size % 4 or not 1 <= max_reason <= 4:
-        raise ValueError("kmsg_size must be a multiple of 4 KiB and max_reason 1..4")
-    settings = Settings(serial=r.serial, kmsg_size=kmsg_size, max_reason=max_reason,
-                        pmsg_size=64 if r.frontends.get("pmsg") else 0,
-                        console_size=64 if r.frontends.get("console") else 0)
-    plan = Plan("apply", settings=settings.to_json())
+def make_plan(r: ProbeReport, *, kmsg_size: int = 64, max_reason: int | None = None,
+              remove_legacy: bool = False, now: str | None = None, backend: str | None = None) -> Plan:
+    backend = backend or r.target
+    if backend != r.target:
+        raise ValueError(f"the probe was made for the {r.target} backend, not {backend}: probe again")
+    if backend == "ivshmem":
+        if max_reason not in (None, 4):
+            raise ValueError("the ivshmem backend always uses max_reason=4 (it keeps shutdown dumps)")
+        settings: Settings | RamoopsSettings = RamoopsSettings(
+            console_size=0x10000 if r.frontends.get("console") else 0,
+            pmsg_size=0x10000 if r.frontends.get("pmsg") else 0)
+    else:
+        max_reason = 2 if max_reason is None else max_reason
+        if kmsg_size < 4 or kmsg_size % 4 or not 1 <= max_reason <= 4:
+            raise ValueError("kmsg_size must be a multiple of 4 KiB and max_reason 1..4")
+        settings = Settings(serial=r.serial, kmsg_size=kmsg_size, max_reason=max_reason,
+                            pmsg_size=64 if r.frontends.get("pmsg") else 0,
+                            console_size=64 if r.frontends.get("console") else 0)
+    plan = Plan("apply", settings=settings.to_json(), backend=backend)
     plan.blockers = list(r.blockers)
+    if backend == "ivshmem" and not remove_legacy:
+        loads = [x["path"] for x in r.legacy if any(re.search(r"ramoops|memmap=", ln) for ln in x["lines"])]
+        if loads:
+            plan.blockers.append(Problem(
+                "legacy-ramoops", "blocker", "an older ramoops setup would load ramoops with its own "
+                f"parameters ({', '.join(loads[:3])})", "remove it with --remove-legacy (backed up; undo "
+                "restores it)"))
     if plan.blockers:
         return plan
     old = r.manifest or {}
@@ -321,7 +442,14 @@ def make_plan(r: ProbeReport, *, kmsg_size: int = 64, max_reason: int = 2,
             entries[path] = e
         e["sha256_after"] = after
 
-    for path, (kind, want) in desired_files(settings).items():
+    desired = desired_files(settings)
+    reasons = {MODPROBE_CONF: "pstore_blk options, efi_pstore kept out of the backend slot"
+               if backend == "pstore_blk" else "keep efi_pstore out of pstore's backend slot",
+               UNIT: "load pstore_blk once the disk's by-id link exists",
+               RAMOOPS_LOADER: "find the ivshmem device and load ramoops on its BAR2",
+               RAMOOPS_UNIT: "load ramoops early at every boot, before systemd-pstore",
+               PSTORE_DROPIN: "keep systemd-pstore from erasing the records"}
+    for path, (kind, want) in desired.items():
         cur = r.files.get(path)
         cur_sha = cur.sha256 if cur else "-"
         parent = posixpath.dirname(path)
@@ -331,17 +459,26 @@ def make_plan(r: ProbeReport, *, kmsg_size: int = 64, max_reason: int = 2,
         if kind == "file":
             if cur_sha == sha256(want):
                 continue
-            reason = {MODPROBE_CONF: "pstore_blk options, blacklist efi_pstore",
-                      UNIT: "load pstore_blk once the disk's by-id link exists",
-                      PSTORE_DROPIN: "keep systemd-pstore from erasing the records"}[path]
-            changes.append(Change("write", path, reason, cur_sha, _file_arg(want)))
+            mode = "755" if path == RAMOOPS_LOADER else "644"
+            changes.append(Change("write", path, reasons[path], cur_sha, _file_arg(want, mode)))
             record(path, cur_sha, sha256(want), "file")
         else:
             if cur_sha == f"link:{want}":
                 continue
             changes.append(Change("link", path, "enable the unit at boot", cur_sha, str(want)))
             record(path, cur_sha, f"link:{want}", "link")
-    unit_changed = any(c.path in (UNIT, UNIT_LINK) for c in changes)
+    # the other backend's files (a switch): removed, or put back as they were before pvepstore
+    for path, e in list(entries.items()):
+        if path in desired or path not in MANAGED:
+            continue
+        cur = r.files.get(path)
+        cur_sha = cur.sha256 if cur else "-"
+        after = e.get("sha256_before", "-") if e.get("backup") else "-"
+        if cur_sha == after:
+            continue
+        changes.append(Change("restore", path, f"not used by the {backend} backend", arg=e.get("backup") or "-"))
+        e["sha256_after"] = after
+    unit_changed = any(c.path in UNITS for c in changes)
 
     regen: list[str] = []
     for item in r.legacy:
@@ -380,31 +517,38 @@ def make_plan(r: ProbeReport, *, kmsg_size: int = 64, max_reason: int = 2,
     file_changes = [c for c in changes if c.op != "mkdir"]
     if unit_changed:
         changes.append(Change("run", "daemon-reload", "make systemd see the unit"))
-    # the disk: first use only, after re-checks in the guest
-    d = r.disk
-    if d is not None and d.present and not d.initialized:
-        if r.configured or d.zero or d.head_is_pstore:
-            changes.append(Change("run", "mark-disk", "the disk is clean, or holds pstore records (kept)",
-                                  arg=r.serial))
-        else:
-            changes.append(Change("run", "wipe-disk", "zero stale bytes of an earlier owner (first use; "
-                                  "serial, size, signature and mounts re-checked)", arg=r.serial,
-                                  arg2=str(d.size)))
-    # activate now when the slot is free; otherwise at the next boot
-    if r.backend is None:
-        changes.append(Change("run", "load-module", "attach pstore_blk now"))
-    elif r.backend == "pstore_blk" and not _params_match(r, settings):
-        changes.append(Change("run", "reload-module", "pstore_blk runs with other parameters"))
-    elif r.backend != "pstore_blk":
-        plan.reboot_required = True
+    d = r.disk if backend == "pstore_blk" else None
+    if isinstance(settings, RamoopsSettings):
+        _ramoops_activation(r, settings, changes, plan)
+    else:
+        # the disk: first use only, after re-checks in the guest
+        if d is not None and d.present and not d.initialized:
+            if r.configured or d.zero or d.head_is_pstore:
+                changes.append(Change("run", "mark-disk", "the disk is clean, or holds pstore records (kept)",
+                                      arg=r.serial))
+            else:
+                changes.append(Change("run", "wipe-disk", "zero stale bytes of an earlier owner (first use; "
+                                      "serial, size, signature and mounts re-checked)", arg=r.serial,
+                                      arg2=str(d.size)))
+        # activate now when the slot is free; otherwise at the next boot
+        if r.backend is None:
+            changes.append(Change("run", "load-module", "attach pstore_blk now"))
+        elif r.backend == "pstore_blk" and not _params_match(r, settings):
+            changes.append(Change("run", "reload-module", "pstore_blk runs with other parameters"))
+        elif r.backend == "ramoops" and r.ramoops_on_ivshmem:
+            changes.append(Change("run", "unload-ramoops", "switching from the ivshmem backend"))
+            changes.append(Change("run", "load-module", "attach pstore_blk now"))
+        elif r.backend != "pstore_blk":
+            plan.reboot_required = True
 
     if file_changes or d is not None and d.present and not d.initialized:
+        pre = old.get("pre") or {"pstore_blk_loaded": "pstore_blk" in r.loaded, "backend": r.backend,
+                                 "state_dir_existed": STATE_DIR in r.dirs}
+        pre.setdefault("ramoops_loaded", "ramoops" in r.loaded if not old else True)
         manifest = {
             "version": MANIFEST_VERSION, "tool": "pvepstore",
             "created": old.get("created", now), "settings": settings.to_json(),
-            "pre": old.get("pre", {"pstore_blk_loaded": "pstore_blk" in r.loaded, "backend": r.backend,
-                                   "state_dir_existed": STATE_DIR in r.dirs}),
-            "files": list(entries.values()), "dirs_created": dirs_created, "commands": commands,
+            "pre": pre, "files": list(entries.values()), "dirs_created": dirs_created, "commands": commands,
         }
         body = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
         cur = r.files.get(MANIFEST)
@@ -420,6 +564,30 @@ def make_plan(r: ProbeReport, *, kmsg_size: int = 64, max_reason: int = 2,
             changes[at:at] = new
     plan.changes = changes
     return plan
+
+
+def _ramoops_activation(r: ProbeReport, s: RamoopsSettings, changes: list[Change], plan: Plan) -> None:
+    """Load ramoops on the device now when pstore's slot can be had; else say when it will be."""
+    if r.ivshmem is None:
+        plan.cold_start_required = True
+        return
+    if r.backend is None:
+        changes.append(Change("run", "load-ramoops", "load ramoops on the ivshmem device now"))
+    elif r.backend == "ramoops":
+        if not _ramoops_match(r, s):
+            changes.append(Change("run", "reload-ramoops", "ramoops runs with other parameters"))
+    elif r.backend == "pstore_blk":
+        changes.append(Change("run", "unload-module", "switching from pstore_blk"))
+        changes.append(Change("run", "load-ramoops", "load ramoops on the ivshmem device now"))
+    else:
+        plan.reboot_required = True
+
+
+def _ramoops_match(r: ProbeReport, s: RamoopsSettings) -> bool:
+    p = r.ramoops_params
+    want = {"mem_size": s.mem_size, "record_size": s.record_size, "console_size": s.console_size,
+            "pmsg_size": s.pmsg_size, "ftrace_size": 0, "max_reason": s.max_reason, "ecc": 0}
+    return r.ramoops_on_ivshmem and all(_int(p.get(k)) == v for k, v in want.items())
 
 
 def _first_non_mkdir(changes: list[Change]) -> int:
@@ -456,13 +624,16 @@ def make_undo_plan(r: ProbeReport) -> Plan:
             changes.append(Change("restore", e["path"], "as it was before pvepstore", arg=e["backup"]))
     for d in reversed(m.get("dirs_created", [])):
         changes.append(Change("rmdir", d, "created by pvepstore"))
-    if any(e["path"] in (UNIT, UNIT_LINK) for e in m["files"]):
+    if any(e["path"] in UNITS for e in m["files"]):
         changes.append(Change("run", "daemon-reload", ""))
     for cmd in m.get("commands", []):
         if cmd in ("update-grub", "update-initramfs"):
             changes.append(Change("run", cmd, "the restored files are part of the boot configuration"))
-    if not m.get("pre", {}).get("pstore_blk_loaded", True) and "pstore_blk" in r.loaded:
+    pre = m.get("pre", {})
+    if not pre.get("pstore_blk_loaded", True) and "pstore_blk" in r.loaded:
         changes.append(Change("run", "unload-module", "pvepstore loaded it"))
+    if not pre.get("ramoops_loaded", True) and "ramoops" in r.loaded:
+        changes.append(Change("run", "unload-ramoops", "pvepstore loaded it"))
     changes.append(Change("run", "drop-state", f"remove {STATE_DIR} (manifest and backups)"))
     if drift:
         plan.notes.append("changed since apply (restored anyway): " + ", ".join(drift[:5]))
@@ -499,31 +670,50 @@ class VerifyResult:
 def verify_report(r: ProbeReport) -> VerifyResult:
     m = r.manifest or {}
     s = m.get("settings", {})
+    backend = s.get("backend", "pstore_blk") if m else r.target
     checks: list[tuple[str, bool, str]] = []
     add = lambda name, ok, detail="": checks.append((name, bool(ok), detail))  # noqa: E731
     add("manifest", bool(m), MANIFEST if m else "pvepstore has not configured this guest")
-    add("disk", r.disk is not None and r.disk.present, r.by_id)
-    add("backend", r.backend == "pstore_blk", f"backend is {r.backend or 'none'}")
-    p = r.blk_params
-    want = {"blkdev": r.by_id, "best_effort": "Y", "kmsg_size": str(s.get("kmsg_size", "?")),
-            "max_reason": str(s.get("max_reason", "?"))}
-    for k, v in want.items():
-        add(f"param {k}", p.get(k) == v, f"{p.get(k, 'unset')} (want {v})")
+    if backend == "ivshmem":
+        d = r.ivshmem
+        add("ivshmem device", d is not None and not d.driver,
+            f"{d.pci} BAR2 0x{d.start:x} ({d.size} bytes)" + (f", claimed by {d.driver}" if d.driver else "")
+            if d else "not in this boot: Proxmox adds it at the VM's next cold start (stop + start)")
+        add("backend", r.backend == "ramoops", f"backend is {r.backend or 'none'}")
+        p = r.ramoops_params
+        want = {"mem_address": d.start if d else None, "mem_size": s.get("mem_size"),
+                "record_size": s.get("record_size"), "console_size": s.get("console_size"),
+                "pmsg_size": s.get("pmsg_size"), "ftrace_size": 0, "max_reason": s.get("max_reason", 4), "ecc": 0}
+        for k, v in want.items():
+            add(f"param {k}", v is not None and _int(p.get(k)) == v, f"{p.get(k, 'unset')} (want {v})")
+        units = (RAMOOPS_UNIT, RAMOOPS_LINK)
+        service, service_name = r.ramoops_service, "pvepstore-ramoops.service"
+    else:
+        add("disk", r.disk is not None and r.disk.present, r.by_id)
+        add("backend", r.backend == "pstore_blk", f"backend is {r.backend or 'none'}")
+        p = r.blk_params
+        want_blk = {"blkdev": r.by_id, "best_effort": "Y", "kmsg_size": str(s.get("kmsg_size", "?")),
+                    "max_reason": str(s.get("max_reason", "?"))}
+        for k, v in want_blk.items():
+            add(f"param {k}", p.get(k) == v, f"{p.get(k, 'unset')} (want {v})")
+        units = (UNIT, UNIT_LINK)
+        service, service_name = r.service, "pvepstore-blk.service"
     add("pstorefs", r.pstorefs == "pstore", "/sys/fs/pstore mounted" if r.pstorefs == "pstore" else "not mounted")
     sp = r.systemd_pstore
     keeps = not sp.get("present") or sp.get("enabled") == "masked" or not sp.get("unlink") \
         or sp.get("storage") == "none"
     add("systemd-pstore keeps records", keeps, f"Unlink={'yes' if sp.get('unlink') else 'no'}")
-    add("efi_pstore blacklisted", r.efi_pstore_blacklisted or not r.efi_pstore_available,
-        "cannot take the backend slot at the next boot")
+    add("efi_pstore kept out", r.efi_pstore_kept_out,
+        "cannot take the backend slot at the next boot" if r.efi_pstore_kept_out
+        else "efi_pstore can take the backend slot at the next boot")
     for e in m.get("files", []):
         cur = r.files.get(e["path"])
         cur_sha = cur.sha256 if cur else "-"
         add(f"file {e['path']}", cur_sha == e.get("sha256_after"), "as applied" if cur_sha == e.get("sha256_after")
             else "changed since apply")
-    if any(e["path"] == UNIT_LINK for e in m.get("files", [])):
-        add("boot unit", r.service.get("enabled") == "enabled" and r.service.get("active") == "active",
-            f"pvepstore-blk.service {r.service.get('enabled')}, {r.service.get('active')}")
+    if any(e["path"] == units[1] and e.get("sha256_after") != "-" for e in m.get("files", [])):
+        add("boot unit", service.get("enabled") == "enabled" and service.get("active") == "active",
+            f"{service_name} {service.get('enabled')}, {service.get('active')}")
     problems = [f"{n}: {d}" if d else n for n, ok, d in checks if not ok]
     return VerifyResult(ok=not problems, checks=checks, problems=problems)
 

@@ -52,7 +52,7 @@ def test_fresh_guest_plan():
     conf = written(plan)[MODPROBE_CONF].decode()
     assert ("options pstore_blk blkdev=/dev/disk/by-id/virtio-pvepstore best_effort=y kmsg_size=64 max_reason=2 "
             "pmsg_size=0 console_size=0 ftrace_size=0") in conf
-    assert "blacklist efi_pstore" in conf
+    assert "options efi_pstore pstore_disable=Y" in conf and "\nblacklist" not in conf
     assert "Unlink=no" in written(plan)[PSTORE_DROPIN].decode()
     unit = written(plan)[UNIT].decode()
     assert "Before=systemd-pstore.service" in unit and "--exit-if-exists=/dev/disk/by-id/virtio-pvepstore" in unit
