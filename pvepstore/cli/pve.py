@@ -25,13 +25,23 @@ def provision_command(
     vmid: int = typer.Argument(..., min=100, help="The VM id."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show every API call and guest change; change nothing."),
     reboot: bool = typer.Option(False, "--reboot", help="Reboot the VM afterwards and verify."),
+    backend: str = typer.Option(None, "--backend", metavar="pstore_blk|ivshmem",
+                                help="The backend (default: vms.<id>.backend or backend in the config)."),
+    restart: bool = typer.Option(False, "--restart", help="ivshmem: restart the VM through the API (shutdown + "
+                                 "start; a stopped VM is started) so the device appears, then verify."),
+    hook_storage: str = typer.Option(None, "--hook-storage", metavar="STORAGE",
+                                     help="ivshmem: the storage (content snippets) for pvepstore's hookscript."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
 ) -> int:
-    """Attach the pstore disk through the Proxmox API and configure the guest over SSH."""
+    """Attach the pstore disk (or, --backend ivshmem, set the ivshmem device and pvepstore's hookscript)
+    through the Proxmox API and configure the guest over SSH."""
     env = env_of(ctx)
     cfg = env.load_config()
+    if backend is not None and backend not in ("pstore_blk", "ivshmem"):
+        raise typer.BadParameter("must be pstore_blk or ivshmem", param_hint="--backend")
     context = prov.make_context(cfg, dry_run=dry_run)
-    result = prov.provision(context, vmid, dry_run=dry_run, reboot=reboot)
+    result = prov.provision(context, vmid, dry_run=dry_run, reboot=reboot, backend=backend, restart=restart,
+                            hook_storage=hook_storage)
     if as_json:
         _dump(env, result.to_json())
     else:
@@ -39,6 +49,8 @@ def provision_command(
             env.out(line)
     if result.ok:
         return ExitStatus.SUCCESS
+    if isinstance(result, prov.IvshmemProvisionResult):
+        return ExitStatus.PVE if result.device_pending else ExitStatus.GUEST
     return ExitStatus.PVE if result.disk.pending or not result.disk.ready else ExitStatus.GUEST
 
 
@@ -49,7 +61,8 @@ def unprovision_command(
     delete_disk: bool = typer.Option(False, "--delete-disk", help="Free the volume (default: keep it as unusedN)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
 ) -> None:
-    """Undo the guest configuration and detach (or delete) the pstore disk."""
+    """Undo the guest configuration and detach (or delete) the pstore disk; ivshmem backend: remove the
+    device and put the VM's own hookscript back."""
     env = env_of(ctx)
     context = prov.make_context(env.load_config())
     result = prov.unprovision(context, vmid, delete_disk=delete_disk)

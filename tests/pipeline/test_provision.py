@@ -173,3 +173,234 @@ def test_read_falls_back_to_the_volume_when_the_vm_is_off(fakepve, guests, unpac
     res = reading.read(context(fakepve, guests), 100)
     assert res.source == "offline" and {r.name: r.data for r in res.offline.result.records} == fx.kernel_view
     assert not [c for c in guests.calls if c[0] == "read_records"]
+
+
+# -- the ivshmem backend --------------------------------------------------------------------
+# The guest is pvepstore's real Guest (probe/plan/apply/verify as in production) over a
+# stateful transport double: its probe output follows what apply wrote and whether the fake
+# VM's QEMU has the ivshmem device (it has it only after a cold start, as in Proxmox).
+
+import base64  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+
+from pvepstore.errors import PveError  # noqa: E402
+from pvepstore.guest import Guest  # noqa: E402
+from pvepstore.guest.transport import CommandResult  # noqa: E402
+from pvepstore.pve import ivshmem  # noqa: E402
+from tests.guest.conftest import file_item, probe_items  # noqa: E402
+from pvepstore.guest.testing import reply  # noqa: E402
+
+BAR2 = "0x00000000fe000000 0x00000000fe0fffff 0x0000000000040200"
+RAMOOPS_BYTES = {"mem_size": 1 << 20, "record_size": 0x10000, "console_size": 0, "ftrace_size": 0, "pmsg_size": 0}
+
+
+class IvshmemGuest:
+    """One guest's state; ``connect`` is the Context's guest_connect."""
+
+    def __init__(self, fake, vmid=100):
+        self.fake, self.vmid = fake, vmid
+        self.files: dict[str, bytes] = {}
+        self.links: dict[str, str] = {}
+        self.dirs: set[str] = set()
+        self.loaded = False
+        self.boot = 0
+        self.calls: list[str] = []
+        self.device_at_boot = self._device()
+        fake.reboot_hooks.append(self._rebooted)
+
+    def _device(self) -> bool:
+        vm = self.fake.vms[self.vmid]
+        return vm.running and vm.config.get("ivshmem") == ivshmem.ivshmem_option(self.vmid)
+
+    def _rebooted(self, vmid):
+        if vmid == self.vmid:
+            self.boot += 1
+            self.device_at_boot = self._device()
+            self.loaded = self.device_at_boot and "/etc/pvepstore/ramoops-load.sh" in self.files
+
+    def started(self):
+        self._rebooted(self.vmid)
+
+    def probe_out(self) -> bytes:
+        items = [i for i in probe_items(unlink="no" if self.files.get("/etc/systemd/pstore.conf.d/99-pvepstore.conf")
+                                        else None, disk=False) if i[0] not in ("backend", "boot_id")]
+        items.append(("boot_id", f"boot-{self.boot}"))
+        items += [file_item(p, b, "600" if p.startswith("/var/lib/") else "644") for p, b in self.files.items()]
+        items += [("link", p, t) for p, t in self.links.items()] + [("dir", d) for d in sorted(self.dirs)]
+        if self.files.get("/etc/modprobe.d/pvepstore.conf"):
+            items.append(("modprobe_c", "options efi_pstore pstore_disable=Y\n"))
+        if self.device_at_boot:
+            items.append(("ivshmem", "0000:00:03.0", BAR2, ""))
+        if self.loaded:
+            items += [("backend", "ramoops"), ("loaded", "ramoops", "live"),
+                      ("unit", "pvepstore-ramoops.service", "enabled", "active")]
+            params = {"mem_address": str(0xfe000000), "mem_size": "1048576", "record_size": "65536",
+                      "console_size": "0", "pmsg_size": "0", "ftrace_size": "0", "max_reason": "4", "ecc": "0"}
+            items += [("param", f"ramoops/parameters/{k}", v) for k, v in params.items()]
+        else:
+            items.append(("backend", "(null)"))
+        return reply(*items)
+
+    def run(self, name, script, args, *, timeout=None, max_out=None):
+        self.calls.append(name)
+        if not self.fake.vms[self.vmid].running:
+            from pvepstore.errors import GuestError
+            raise GuestError("connection refused")
+        if name == "probe":
+            return CommandResult(0, self.probe_out(), b"", False)
+        if name in ("apply", "undo"):
+            out = []
+            for i in range(0, len(args), 4):
+                op, path, _sha, arg = args[i:i + 4]
+                if op == "write":
+                    self.files[path] = base64.b64decode(arg.split(":", 1)[1])
+                elif op == "link":
+                    self.links[path] = arg
+                elif op in ("restore", "remove"):
+                    self.files.pop(path, None)
+                    self.links.pop(path, None)
+                elif op == "mkdir":
+                    self.dirs.add(path)
+                elif op == "rmdir":
+                    self.dirs.discard(path)
+                elif op == "run":
+                    if path == "load-ramoops":
+                        self.loaded = self.device_at_boot
+                        out.append(("ran" if self.loaded else "fail", path))
+                        continue
+                    if path == "unload-ramoops":
+                        self.loaded = False
+                    if path == "drop-state":
+                        self.files = {p: b for p, b in self.files.items() if not p.startswith("/var/lib/")}
+                    out.append(("ran", path))
+                    continue
+                out.append(("done", op, path))
+            return CommandResult(0, reply(*out), b"", False)
+        raise AssertionError(f"unexpected guest command {name}")
+
+    def close(self):
+        pass
+
+    @contextmanager
+    def connect(self, target):
+        if not self.fake.vms[self.vmid].running:
+            from pvepstore.errors import GuestError
+            raise GuestError(f"{target.host}: connection refused")
+        yield Guest(self, target.label)
+
+
+@pytest.fixture
+def ivshmem_node(fakepve):
+    fakepve.add_storage("local", "dir", path="/var/lib/vz", content="iso,vztmpl,backup,images,snippets")
+    own = fakepve.paths.storage_path("/var/lib/vz") / "snippets" / "operator.sh"
+    own.parent.mkdir(parents=True, exist_ok=True)
+    own.write_text("#!/bin/sh\nexit 0\n")
+    own.chmod(0o755)
+    return fakepve
+
+
+def ivshmem_context(fake, guest, dry_run=False, **overrides):
+    ctx = context(fake, guest, dry_run=dry_run, vms={100: {"backend": "ivshmem"}}, **overrides)
+    ctx.guest_connect = guest.connect
+    ctx.hook_program = lambda cfg: ["/usr/bin/pvepstore", "--config", "/etc/pvepstore/config.yaml"]
+    return ctx
+
+
+def test_provision_ivshmem_on_a_running_vm_then_restart_then_unprovision(ivshmem_node):
+    fake = ivshmem_node
+    fake.add_vm(100, {**IPCONFIG, "hookscript": "local:snippets/operator.sh"}, running=True)
+    guest = IvshmemGuest(fake)
+    res = prov.provision(ivshmem_context(fake, guest), 100)
+    assert isinstance(res, prov.IvshmemProvisionResult) and not res.ok and res.device_pending
+    conf, pending = fake.vms[100].config, fake.vms[100].pending
+    assert conf["hookscript"] == "local:snippets/pvepstore-hook-100.sh"  # applied at once
+    assert pending["ivshmem"] == "size=1,name=pvepstore-100" and "ivshmem" not in conf  # next cold start
+    post = config_posts(fake)[-1].params
+    assert post["digest"] and post["ivshmem"] == "size=1,name=pvepstore-100"
+    hook = ivshmem.snippet_path(fake.paths, conf["hookscript"]).read_text()
+    assert "/usr/bin/pvepstore --config /etc/pvepstore/config.yaml hook" in hook and "operator.sh" in hook
+    text = "\n".join(res.lines())
+    assert "PENDING: next cold start" in text and "--restart" in text and "live migration" in text
+    assert "panic: yes" in text and "chains the VM's own local:snippets/operator.sh" in text
+    rec = state.provision_record(fake.load_config(), 100)
+    assert rec["backend"] == "ivshmem" and rec["ramoops_params"] == RAMOOPS_BYTES
+    assert rec["chained_hookscript"] == "local:snippets/operator.sh"
+    assert "pvepstore-ramoops.service" in "\n".join(res.plan)  # the guest was configured already
+
+    res = prov.provision(ivshmem_context(fake, guest), 100, restart=True)
+    assert res.ok and res.restarted and res.verify.ok, res.lines()
+    assert fake.calls("POST", "/status/reboot") and fake.vms[100].config["ivshmem"] == "size=1,name=pvepstore-100"
+    posts = len(config_posts(fake))
+
+    again = prov.provision(ivshmem_context(fake, guest), 100)
+    assert again.ok and len(config_posts(fake)) == posts and not again.api_calls
+    assert again.plan == ["nothing to do: the guest is already as planned"]
+    rows = {r.vmid: r for r in prov.status(ivshmem_context(fake, guest, scope={"all": True}))}
+    assert (rows[100].provisioned, rows[100].disk, rows[100].pending) == (True, "ivshmem", False)
+
+    un = prov.unprovision(ivshmem_context(fake, guest), 100)
+    assert fake.vms[100].config["hookscript"] == "local:snippets/operator.sh"  # the operator's, back
+    assert "ivshmem" in fake.vms[100].pending_delete  # the running QEMU keeps it until a cold start
+    assert not ivshmem.snippet_path(fake.paths, "local:snippets/pvepstore-hook-100.sh").exists()
+    assert un.detach is None and any("operator.sh" in c for c in un.changes)
+    assert not [p for p in guest.files if p.startswith("/etc/")] and not guest.loaded
+
+
+def test_provision_ivshmem_dry_run_changes_nothing(ivshmem_node):
+    fake = ivshmem_node
+    fake.add_vm(100, IPCONFIG, running=True)
+    guest = IvshmemGuest(fake)
+    before = fake.vm_config_path(100).read_text()
+    res = prov.provision(ivshmem_context(fake, guest, dry_run=True), 100, dry_run=True)
+    assert res.ok and not fake.writes() and fake.vm_config_path(100).read_text() == before
+    assert not guest.files and "apply" not in guest.calls
+    text = "\n".join(res.lines())
+    assert ("POST /nodes/pve1/qemu/100/config ivshmem=size=1,name=pvepstore-100 "
+            "hookscript=local:snippets/pvepstore-hook-100.sh digest=") in text
+    assert "would write" in text and "next cold start" in text
+    assert not state.provision_record(fake.load_config(), 100)
+    assert not ivshmem.snippet_path(fake.paths, "local:snippets/pvepstore-hook-100.sh").exists()
+
+
+def test_provision_ivshmem_starts_a_stopped_vm_when_asked(ivshmem_node):
+    fake = ivshmem_node
+    fake.add_vm(100, IPCONFIG)
+    guest = IvshmemGuest(fake)
+    res = prov.provision(ivshmem_context(fake, guest), 100)
+    assert not res.ok and "not running" in res.problems[0] and not res.device_pending
+    assert fake.vms[100].config["ivshmem"] == "size=1,name=pvepstore-100"  # stopped: applied at once
+    fake.reboot_hooks.clear()
+    orig = fake.start_qemu
+
+    def start(vmid):
+        pid = orig(vmid)
+        guest.started()
+        return pid
+    fake.start_qemu = start
+    res = prov.provision(ivshmem_context(fake, guest), 100, restart=True)
+    assert res.ok and res.restarted and fake.calls("POST", "/status/start"), res.lines()
+    assert "ran load-ramoops" in res.applied.done
+
+
+def test_provision_ivshmem_refusals(ivshmem_node, monkeypatch):
+    fake = ivshmem_node
+    fake.add_vm(100, {**IPCONFIG, "ivshmem": "size=32,name=looking-glass"}, running=True)
+    guest = IvshmemGuest(fake)
+    with pytest.raises(PveError, match="already has an ivshmem device") as info:
+        prov.provision(ivshmem_context(fake, guest), 100)
+    assert "one ivshmem device per VM" in info.value.hint
+    fake.set_config(100, ivshmem=None)
+    ctx = ivshmem_context(fake, guest)
+
+    def refuse(method, path, **kw):
+        raise PveError(f"{method} /{path}: 500 only root can set 'hookscript' config")
+    monkeypatch.setattr(ctx.api, "run_task", refuse)
+    with pytest.raises(PveError, match="refused ivshmem and hookscript") as info:
+        prov.provision(ctx, 100)
+    assert "only root@pam" in info.value.hint and "api.backend: local" in info.value.hint
+    # no snippets storage at all: said, with the fix
+    fake.storages["local"]["content"] = "iso,images"
+    fake._write_storage_cfg()
+    with pytest.raises(PveError, match="holds snippets") as info:
+        prov.provision(ivshmem_context(fake, guest), 100)
+    assert "pvesm set local --content" in info.value.hint
