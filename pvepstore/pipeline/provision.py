@@ -494,6 +494,9 @@ def provision_ivshmem(ctx: Context, vmid: int, *, dry_run: bool = False, restart
         raise PveError(f"VM {vmid} is on node {node}: its hookscript and /dev/shm file live there",
                        hint=f"run `pvepstore provision {vmid} --backend ivshmem` on {node}")
     res = IvshmemProvisionResult(vmid, node, dry_run, ivshmem=ivshmem.ivshmem_option(vmid))
+    if vm_cfg.backend != "ivshmem":
+        res.notes.append(f"set `vms.{vmid}.backend: ivshmem` (or `backend: ivshmem`) in the config: collect "
+                         "and the sweep choose the reader (the host's shm file) from it")
     path = f"nodes/{node}/qemu/{vmid}/config"
     try:
         conf = dict(api.get(path))
