@@ -130,3 +130,15 @@ def test_report_is_a_cloudevent_with_a_verdict():
     assert event["specversion"] == "1.0" and event["data"]["verdict"]["kind"] == "kernel_oops"
     again = run_cli("parse", str(FIXTURES / "oops-deflate" / "image.xz"), "--report").json
     assert again["id"] == event["id"]  # idempotent re-sending
+
+
+@needs_fixture
+def test_bundled_sample_is_the_oops_deflate_fixture_and_reads_as_the_kernel_did(tmp_path):
+    # The sample `tools/sample.sh` shows is a real-kernel image with a known kernel view.
+    from importlib import resources
+    packed = resources.files("pvepstore.data").joinpath("sample-oops.img.xz").read_bytes()
+    assert packed == (FIXTURES / "oops-deflate" / "image.xz").read_bytes()
+    out = tmp_path / "out"
+    r = run_cli("parse", "--sample", "--extract", str(out))
+    assert r.status == ExitStatus.SUCCESS
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == FX["oops-deflate"].kernel_view
