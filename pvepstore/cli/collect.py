@@ -239,13 +239,17 @@ def reboot_command(ctx: typer.Context, vmid: int = typer.Argument(..., help="VM 
         # Recorded before the reboot, so the verdict of the next collection can use it.
         with state.locked(vmid):
             state.update(vmid, planned_reboot=plan)
+        # In the guest's own pstore too, where its kernel has pmsg (skipped where it has not).
+        pmsg = handle.guest.write_pmsg(f"pvepstore: planned reboot: {reason}")
         plan["boot_id"] = handle.guest.reboot()
     finally:
         handle.close()
     if as_json:
-        env.out(json.dumps({"vmid": vmid, **plan}, indent=2, ensure_ascii=True))
+        env.out(json.dumps({"vmid": vmid, **plan, "pmsg": pmsg}, indent=2, ensure_ascii=True))
     else:
-        env.out(f"VM {vmid}: rebooting; reason recorded: {terminal_safe(reason)}")
+        env.out(f"VM {vmid}: rebooting; reason recorded: {terminal_safe(reason)}"
+                + {"written": " (and in the guest's /dev/pmsg0)",
+                   "failed": " (writing it to the guest's /dev/pmsg0 failed)"}.get(pmsg, ""))
     return ExitStatus.SUCCESS
 
 

@@ -171,6 +171,15 @@ e wtmp "$(last -x -F -n 12 2>/dev/null | grep -E '^(reboot|shutdown|runlevel)' |
 e end
 """
 
+# $1 text: written to /dev/pmsg0 (the pstore pmsg frontend) where the kernel has one
+PMSG = PRELUDE + r"""
+if [ ! -c /dev/pmsg0 ]; then e pmsg absent
+elif { printf '%s\n' "$1" > /dev/pmsg0; } 2>/dev/null; then e pmsg written
+else e pmsg failed
+fi
+e end
+"""
+
 REBOOT = PRELUDE + r"""
 e boot_id "$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)"
 nohup sh -c 'sleep 1; systemctl reboot || reboot' >/dev/null 2>&1 &

@@ -163,6 +163,16 @@ class Guest:
         _, reply = self._run("history", scripts.HISTORY, [journal_lines], max_out=256 << 10)
         return parse_history(reply)
 
+    def write_pmsg(self, text: str) -> str:
+        """Write ``text`` (one line added) to /dev/pmsg0 where the guest kernel has pmsg (one command).
+
+        Returns "written", "absent" (no pmsg frontend: e.g. Debian's kernels; nothing is
+        done) or "failed" (the device refused the write).  Never raises for a missing device.
+        """
+        _, reply = self._run("pmsg", scripts.PMSG, [text])
+        status = reply.text("pmsg", limit=16).strip()
+        return status if status in ("written", "absent", "failed") else "failed"
+
     def reboot(self) -> str:
         """Ask the guest to reboot (detached, 1 s later); returns the boot id it had (one command)."""
         _, reply = self._run("reboot", scripts.REBOOT, [])
