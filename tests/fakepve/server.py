@@ -680,6 +680,28 @@ def _task_log(pve: FakePve, p: dict, user: str):
     return [{"n": i + 1, "t": line} for i, line in enumerate(task.log)]
 
 
+def _task_list(pve: FakePve, p: dict, user: str):
+    """``GET /nodes/{node}/tasks``: newest first, filtered as PVE does (vmid, since/until, type, user)."""
+    out = []
+    for task in sorted(pve.tasks.values(), key=lambda t: t.starttime, reverse=True):
+        if task.node != p["node"] or ("vmid" in p and task.id != str(p["vmid"])):
+            continue
+        if ("since" in p and task.starttime < int(p["since"])) or ("until" in p and task.starttime > int(p["until"])):
+            continue
+        if ("typefilter" in p and task.type != p["typefilter"]) or ("userfilter" in p and task.user != p["userfilter"]):
+            continue
+        if _true(p.get("errors")) and task.exitstatus == "OK":
+            continue
+        fields = task.upid.split(":")
+        out.append({"upid": task.upid, "node": task.node, "pid": int(fields[2], 16), "pstart": int(fields[3], 16),
+                    "starttime": task.starttime, "endtime": task.starttime, "type": task.type, "id": task.id,
+                    "user": task.user, "status": task.exitstatus})
+    if p.get("source", "archive") == "active":
+        out = []  # every fake task has ended by the time it is listed
+    start = int(p.get("start", 0))
+    return out[start:start + int(p.get("limit", 50))]
+
+
 def _volume_of(pve: FakePve, p: dict) -> Volume:
     volume = p["volume"]
     volid = volume if ":" in volume else f"{p['storage']}:{volume}"
@@ -726,6 +748,7 @@ ROUTES: dict[tuple[str, str], Callable] = {
     ("POST", "/nodes/{node}/qemu/{vmid}/status/start"): _start,
     ("POST", "/nodes/{node}/qemu/{vmid}/status/stop"): _stop,
     ("GET", "/nodes/{node}/qemu/{vmid}/agent/network-get-interfaces"): _agent_interfaces,
+    ("GET", "/nodes/{node}/tasks"): _task_list,
     ("GET", "/nodes/{node}/tasks/{upid}/status"): _task_status,
     ("GET", "/nodes/{node}/tasks/{upid}/log"): _task_log,
     ("GET", "/nodes/{node}/storage/{storage}/content"): _content,
