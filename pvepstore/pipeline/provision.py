@@ -195,6 +195,13 @@ def provision(ctx: Context, vmid: int, *, dry_run: bool = False, reboot: bool = 
             plan = guest.plan(res.probe, kmsg_size=cfg.pstore_blk.kmsg_size, max_reason=cfg.pstore_blk.max_reason)
             res.plan = list(plan.describe())
             res.applied = guest.apply(plan, dry_run=dry_run)
+            settings = getattr(plan, "settings", None)
+            if not dry_run and disk.volid and isinstance(settings, dict):
+                # The layout the guest's kernel uses: pmsg/console zones exist where it has those
+                # frontends, and they come BEFORE the dmesg zones -- the offline reader must know.
+                blk.update({k: settings[k] for k in ("kmsg_size", "pmsg_size", "console_size")
+                            if isinstance(settings.get(k), int)})
+                state.update(cfg, vmid, provision={**state.provision_record(cfg, vmid), "blk_params": blk})
             if dry_run:
                 if reboot:
                     res.plan.append("reboot the VM" + (" through the API (applies the pending disk)"
