@@ -62,6 +62,8 @@ class GuestVM:
     proc: subprocess.Popen | None = None
     boots: int = 0
     log: list[str] = field(default_factory=list)
+    # Proxmox's `ivshmem: size=1,name=...`: exactly qemu-server's -object/-device pair, mem-path = this file
+    ivshmem_file: Path | None = None
 
     @property
     def pstore_img(self) -> Path:
@@ -114,6 +116,9 @@ class GuestVM:
                 "-device", f"virtio-blk-pci,drive=d1,serial={SERIAL}",
                 "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.port}-:22",
                 "-device", "virtio-net-pci,netdev=n0"]
+        if self.ivshmem_file is not None:
+            argv += ["-object", f"memory-backend-file,id=ivshmem,share=on,mem-path={self.ivshmem_file},size=1M",
+                     "-device", "ivshmem-plain,memdev=ivshmem"]
         (self.workdir / "qemu.argv").write_text(json.dumps(argv) + "\n")
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=open(self.workdir / "qemu.err", "ab"),
