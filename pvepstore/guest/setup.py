@@ -428,6 +428,10 @@ def make_plan(r: ProbeReport, *, kmsg_size: int = 64, max_reason: int | None = N
     if plan.blockers:
         return plan
     old = r.manifest or {}
+    was = (old.get("settings") or {}).get("backend", "pstore_blk") if old else None
+    if was and was != backend:
+        plan.notes.append(f"switches this guest from the {was} backend to {backend} "
+                          "(undo still returns it to its state before pvepstore)")
     entries: dict[str, dict] = {e["path"]: dict(e) for e in old.get("files", [])}
     dirs_created: list[str] = list(old.get("dirs_created", []))
     commands: list[str] = list(old.get("commands", []))

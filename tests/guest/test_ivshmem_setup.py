@@ -179,6 +179,7 @@ def test_switch_blk_to_ivshmem_and_back_then_undo():
     ops = [(c.op, c.path) for c in to_ivshmem.changes]
     assert ("restore", UNIT) in ops and ("restore", UNIT_LINK) in ops and ("write", RAMOOPS_UNIT) in ops
     assert ops[-2:] == [("run", "unload-module"), ("run", "load-ramoops")]
+    assert "switches this guest from the pstore_blk backend to ivshmem" in "\n".join(to_ivshmem.describe())
     m = {e["path"]: e for e in json.loads(written(to_ivshmem)[MANIFEST])["files"]}
     assert m[UNIT]["action"] == "created" and m[UNIT]["sha256_after"] == "-"
     assert json.loads(written(to_ivshmem)[MANIFEST])["pre"]["pstore_blk_loaded"] is False  # from the first apply
