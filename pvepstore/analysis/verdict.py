@@ -70,7 +70,9 @@ def decide(evidence: Sequence[EvidenceItem]) -> Verdict:
         notes = "; ".join(e.summary for e in evidence) or "no evidence"
         return Verdict(VerdictKind.UNKNOWN, SEVERITY[VerdictKind.UNKNOWN], Confidence.LOW,
                        f"cause unknown: {notes}", VerdictKind.UNKNOWN.value, tuple(evidence))
-    best = min(candidates, key=lambda e: (-CONFIDENCE_RANK[e.confidence], PRECEDENCE.index(e.suggests)))
+    # On a full tie the operator's own stated reason (pvepstore reboot --reason) speaks.
+    best = min(candidates, key=lambda e: (-CONFIDENCE_RANK[e.confidence], PRECEDENCE.index(e.suggests),
+                                          e.source != "pvepstore"))
     also = tuple(dict.fromkeys(e.suggests for e in candidates if e.suggests is not best.suggests))
     return Verdict(best.suggests, SEVERITY[best.suggests], best.confidence, best.summary,
                    _reason_code(best.suggests, best), tuple(evidence), also)

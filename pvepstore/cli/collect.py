@@ -221,10 +221,11 @@ def reboot_command(ctx: typer.Context, vmid: int = typer.Argument(..., help="VM 
                    reason: str = typer.Option(..., "--reason", help="Why (recorded as the boot's end)."),
                    as_json: bool = typer.Option(False, "--json")) -> int:
     """Reboot a guest with a recorded reason: the next verdict is ``orderly_reboot: REASON``."""
+    from ..errors import GuestError
     from ..pipeline.collect import VmState
-    from ..pipeline.handles import open_vm
+    from ..pipeline.handles import open_guest
     from ..pve.api import connect
-    from ..pve.inventory import local_node, locate
+    from ..pve.inventory import locate
 
     env = env_of(ctx)
     cfg = env.load_config()
@@ -232,7 +233,10 @@ def reboot_command(ctx: typer.Context, vmid: int = typer.Argument(..., help="VM 
     if not reason or len(reason) > 500:
         raise UsageError("--reason must be 1-500 characters")
     api = connect(cfg)
-    handle = open_vm(cfg, api, locate(api, vmid), local_node(cfg), allow_offline=False)
+    ref = locate(api, vmid)
+    if ref.status != "running":
+        raise GuestError(f"VM {vmid} is {ref.status}, not running", hint="start it; there is nothing to reboot")
+    guest = open_guest(cfg, api, ref)  # any backend: the reboot itself goes through the guest
     state = VmState(Path(cfg.state_dir) / "vms")
     plan = {"reason": reason, "time": time.time(), "user": _who(env)}
     try:
@@ -240,10 +244,10 @@ def reboot_command(ctx: typer.Context, vmid: int = typer.Argument(..., help="VM 
         with state.locked(vmid):
             state.update(vmid, planned_reboot=plan)
         # In the guest's own pstore too, where its kernel has pmsg (skipped where it has not).
-        pmsg = handle.guest.write_pmsg(f"pvepstore: planned reboot: {reason}")
-        plan["boot_id"] = handle.guest.reboot()
+        pmsg = guest.write_pmsg(f"pvepstore: planned reboot: {reason}")
+        plan["boot_id"] = guest.reboot()
     finally:
-        handle.close()
+        guest.close()
     if as_json:
         env.out(json.dumps({"vmid": vmid, **plan, "pmsg": pmsg}, indent=2, ensure_ascii=True))
     else:

@@ -185,7 +185,10 @@ def desired_files(s: Settings | RamoopsSettings) -> dict[str, tuple[str, bytes |
             "RemainAfterExit=yes\n"
             "TimeoutStartSec=60\n"
             f"ExecStart=-udevadm settle --timeout=30 --exit-if-exists={unit_name}\n"
-            f"ExecStart=/bin/sh -c 'if [ -b {unit_name} ]; then exec modprobe pstore_blk; "
+            # pstore_blk opens the disk O_EXCL: a udev probe of the fresh link can hold it for
+            # a moment (one e2e run saw the first load fail and a later one succeed).
+            f"ExecStart=/bin/sh -c 'if [ -b {unit_name} ]; then for t in 1 2 3 4 5; do "
+            f"modprobe pstore_blk && exit 0; sleep 1; done; exit 1; "
             f"else echo \"{unit_name} missing: pstore_blk not loaded\"; fi'\n\n"
             "[Install]\n"
             "WantedBy=sysinit.target\n")

@@ -120,13 +120,16 @@ class Collector:
             return VmResult(vmid, "nothing", "no records, no ended boot")
 
         evidence: list[EvidenceItem] = list(got.evidence)
+        # Without a boot id (ivshmem: read on the host) a Shutdown dump marks the ended boot.
+        boot_ended = ended is not None or any(r.reason == "Shutdown" for r in records)
         if ended is not None:
             end = replace(got.boot_end, ended_boot=ended) if got.boot_end else BootEnd(ended_boot=ended)
             evidence.append(ended_boot_evidence(end))
-            evidence.extend(planned_reboot_evidence(st.get("planned_reboot")))
             more = getattr(handle, "boot_end_evidence", None)
             if more is not None:
                 evidence.extend(more())
+        if boot_ended:
+            evidence.extend(planned_reboot_evidence(st.get("planned_reboot")))
         now = datetime.fromtimestamp(self.clock(), tz=timezone.utc)
         event = build_event(records, vm=handle.vm, now=now, extra_evidence=evidence,
                             ended_boot=ended if not records else None, backend=got.backend,
@@ -144,7 +147,7 @@ class Collector:
                    "archived": (st.get("archived", []) + [r.sha256 for r in records])[-ARCHIVED_MEMORY:]}
         if got.boot_id:
             changes["boot_id"] = got.boot_id
-        if ended is not None:
+        if boot_ended:
             changes["planned_reboot"] = None
         self.state.update(vmid, **changes)
         if records:

@@ -156,14 +156,24 @@ class IvshmemVm:
             ivshmem.clear_records(self.cfg, self.vmid, self._image, records)
 
 
+def open_guest(cfg: "Config", api, ref, connect_guest: Callable | None = None) -> Guest:
+    """One connection to a running guest, its address from the config or from Proxmox."""
+    from ..guest import GuestTarget, SshTransport
+    from ..pve.address import resolve_address
+
+    vm_cfg = cfg.for_vm(ref.vmid)
+    # The VM config is only needed to find the address through cloud-init or the agent.
+    conf = {} if vm_cfg.ssh.host else (api.get(f"nodes/{ref.node}/qemu/{ref.vmid}/config") or {})
+    address = resolve_address(api, ref.node, ref.vmid, vm_cfg.ssh, conf)
+    target = GuestTarget.from_config(vm_cfg.ssh, host=address.host, label=f"VM {ref.vmid}")
+    return Guest((connect_guest or SshTransport.connect)(target), target.where)
+
+
 def open_vm(cfg: "Config", api, ref, local: str, *, allow_offline: bool = True,
             connect_guest: Callable | None = None):
     """The right handle for one VM: ivshmem memory on this host, else the guest when it
     runs, else its volume when it is off.  ``connect_guest(target)`` makes the
     guest transport (default: an SSH connection; the sweep benchmark simulates one)."""
-    from ..guest import GuestTarget, SshTransport
-    from ..pve.address import resolve_address
-
     node, vmid = ref.node, ref.vmid
     vm = {"vmid": vmid, "node": node, "name": ref.name}
     if cfg.for_vm(vmid).backend == "ivshmem":
@@ -177,14 +187,8 @@ def open_vm(cfg: "Config", api, ref, local: str, *, allow_offline: bool = True,
     if status == "unknown":
         status = (api.get(f"nodes/{node}/qemu/{vmid}/status/current") or {}).get("status", "unknown")
     if status == "running":
+        guest = open_guest(cfg, api, ref, connect_guest)
         vm_cfg = cfg.for_vm(vmid)
-        if vm_cfg.ssh.host:
-            address = resolve_address(api, node, vmid, vm_cfg.ssh, {})
-        else:
-            conf = api.get(f"nodes/{node}/qemu/{vmid}/config") or {}
-            address = resolve_address(api, node, vmid, vm_cfg.ssh, conf)
-        target = GuestTarget.from_config(vm_cfg.ssh, host=address.host, label=f"VM {vmid}")
-        guest = Guest((connect_guest or SshTransport.connect)(target), target.where)
 
         def tasks(since: float | None) -> list[dict]:
             params = {"vmid": vmid, "limit": 50, "source": "all"}

@@ -120,35 +120,47 @@ class ProvisionResult:
         where = f"{d.key} = {d.volid}" if d.volid else (d.key or "-")
         out.append(f"  disk: {d.action} {where}" + (" (PENDING)" if d.pending else ""))
         out += [f"    note: {n}" for n in d.notes]
-        if self.api_calls:
-            out.append("  API calls" + (" that would be made:" if self.dry_run else ":"))
-            out += [f"    {c.describe()}" for c in self.api_calls]
-        if self.address:
-            out.append(f"  guest: {self.address.host} (from {self.address.source})")
-        if self.probe is not None:
-            caps = getattr(self.probe, "capabilities", {}) or {}
-            if caps:
-                out.append("  capabilities:")
-                for name, cap in caps.items():
-                    status = getattr(cap, "status", cap)
-                    note = getattr(cap, "note", "")
-                    out.append(f"    {name}: {status}" + (f" - {note}" if note else ""))
-            for p in getattr(self.probe, "problems", []) or []:
-                out.append(f"    guest problem: {getattr(p, 'message', p)}")
-            if self.dry_run and self.disk.action.startswith("planned"):
-                out.append("    (the guest cannot see the pstore disk yet: the API call above attaches it first)")
-        if self.plan:
-            out.append("  guest changes" + (" that would be made:" if self.dry_run else ":"))
-            out += [f"    {line}" for line in self.plan]
-        if self.rebooted:
-            out.append("  rebooted")
-        if self.verify is not None:
-            out.append(f"  verify: {'ok' if getattr(self.verify, 'ok', False) else 'FAILED'}")
-            out += [f"    {p}" for p in getattr(self.verify, "problems", []) or []]
-        out += [f"  problem: {p}" for p in self.problems]
-        if not self.dry_run:
-            out.append(f"  result: {'provisioned' if self.ok else 'NOT complete (see above)'}")
-        return out
+        note = None
+        if self.dry_run and self.disk.action.startswith("planned"):
+            note = "(the guest cannot see the pstore disk yet: the API call above attaches it first)"
+        return out + _report_lines(self, probe_note=note, done="rebooted" if self.rebooted else None)
+
+
+def _report_lines(res: Any, *, probe_note: str | None = None, done: str | None = None) -> list[str]:
+    """The part of a provision summary both backends share: API calls, guest, plan, verify."""
+    out: list[str] = []
+    if res.api_calls:
+        out.append("  API calls" + (" that would be made:" if res.dry_run else ":"))
+        out += [f"    {c.describe()}" for c in res.api_calls]
+    if res.address:
+        out.append(f"  guest: {res.address.host} (from {res.address.source})")
+    if res.probe is not None:
+        caps = getattr(res.probe, "capabilities", {}) or {}
+        if caps:
+            out.append("  capabilities:")
+            for name, cap in caps.items():
+                note = getattr(cap, "note", "")
+                out.append(f"    {name}: {getattr(cap, 'status', cap)}" + (f" - {note}" if note else ""))
+        costs = getattr(res.probe, "costs", []) or []
+        if costs:
+            out.append("  costs:")
+            out += [f"    {c}" for c in costs]
+        for p in getattr(res.probe, "problems", []) or []:
+            out.append(f"    guest problem: {getattr(p, 'message', p)}")
+        if probe_note:
+            out.append(f"    {probe_note}")
+    if res.plan:
+        out.append("  guest changes" + (" that would be made:" if res.dry_run else ":"))
+        out += [f"    {line}" for line in res.plan]
+    if done:
+        out.append(f"  {done}")
+    if res.verify is not None:
+        out.append(f"  verify: {'ok' if getattr(res.verify, 'ok', False) else 'FAILED'}")
+        out += [f"    {p}" for p in getattr(res.verify, "problems", []) or []]
+    out += [f"  problem: {p}" for p in res.problems]
+    if not res.dry_run:
+        out.append(f"  result: {'provisioned' if res.ok else 'NOT complete (see above)'}")
+    return out
 
 
 def _running(api: PveApi, node: str, vmid: int) -> bool:
@@ -460,34 +472,8 @@ class IvshmemProvisionResult:
         out.append(f"  hookscript: {self.hookscript}" + (f" (chains the VM's own {self.chained})"
                                                          if self.chained else ""))
         out += [f"    note: {n}" for n in self.notes]
-        if self.api_calls:
-            out.append("  API calls" + (" that would be made:" if self.dry_run else ":"))
-            out += [f"    {c.describe()}" for c in self.api_calls]
-        if self.address:
-            out.append(f"  guest: {self.address.host} (from {self.address.source})")
-        if self.probe is not None:
-            caps = getattr(self.probe, "capabilities", {}) or {}
-            if caps:
-                out.append("  capabilities:")
-                out += [f"    {n}: {c.status}" + (f" - {c.note}" if c.note else "") for n, c in caps.items()]
-            costs = getattr(self.probe, "costs", []) or []
-            if costs:
-                out.append("  costs:")
-                out += [f"    {c}" for c in costs]
-            for p in getattr(self.probe, "problems", []) or []:
-                out.append(f"    guest problem: {getattr(p, 'message', p)}")
-        if self.plan:
-            out.append("  guest changes" + (" that would be made:" if self.dry_run else ":"))
-            out += [f"    {line}" for line in self.plan]
-        if self.restarted:
-            out.append("  restarted (cold: a new QEMU process with the device)")
-        if self.verify is not None:
-            out.append(f"  verify: {'ok' if getattr(self.verify, 'ok', False) else 'FAILED'}")
-            out += [f"    {p}" for p in getattr(self.verify, "problems", []) or []]
-        out += [f"  problem: {p}" for p in self.problems]
-        if not self.dry_run:
-            out.append(f"  result: {'provisioned' if self.ok else 'NOT complete (see above)'}")
-        return out
+        done = "restarted (cold: a new QEMU process with the device)" if self.restarted else None
+        return out + _report_lines(self, done=done)
 
 
 def provision_ivshmem(ctx: Context, vmid: int, *, dry_run: bool = False, restart: bool = False,

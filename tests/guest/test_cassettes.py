@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 
 from pvepstore.guest import Guest
-from pvepstore.guest.setup import MANIFEST, MODPROBE_CONF
+from pvepstore.guest.setup import MANIFEST, MODPROBE_CONF, UNIT
 from pvepstore.guest.testing import FakeTransport
 
 from .conftest import cassette
@@ -38,9 +38,13 @@ def test_real_setup_round():
     plan = g.plan(r, remove_legacy=True)
     assert g.apply(plan).ok
     again = g.plan(g.probe(), remove_legacy=True)
-    # recorded with the earlier `blacklist efi_pstore`: the upgrade rewrites only that file (and the manifest)
-    assert [(c.op, c.path) for c in again.changes] == [("write", MANIFEST), ("write", MODPROBE_CONF)]
-    assert b"options efi_pstore pstore_disable=Y" in base64.b64decode(again.changes[1].arg.split(":", 1)[1])
+    # recorded with the earlier `blacklist efi_pstore` and a unit without the load retry: the
+    # upgrade rewrites exactly those two files (and the manifest)
+    assert sorted((c.op, c.path) for c in again.changes) == sorted(
+        [("write", MANIFEST), ("write", MODPROBE_CONF), ("write", UNIT), ("run", "daemon-reload")])
+    written = {c.path: base64.b64decode(c.arg.split(":", 1)[1]) for c in again.changes if c.op == "write"}
+    assert b"options efi_pstore pstore_disable=Y" in written[MODPROBE_CONF]
+    assert b"modprobe pstore_blk && exit 0; sleep 1" in written[UNIT]
     v = g.verify()
     assert v.ok, v.problems
     assert t.round_trips == 5

@@ -154,3 +154,14 @@ def test_a_record_that_could_not_be_cleared_is_cleared_later_not_reported_again(
     res = collector(tmp_path / "state").collect(vm)
     assert res.status == "nothing" and vm.cleared == ["dmesg-pstore_blk-0"]
     assert len(Archive(tmp_path / "state" / "archive").list()) == 1
+
+
+def test_planned_reboot_reason_with_a_shutdown_record_and_no_boot_id(tmp_path):
+    # ivshmem: no SSH, so no boot id; the ramoops Shutdown dump marks the ended boot
+    vm = FileVm(tmp_path / "vm")
+    c = collector(tmp_path / "state")
+    c.state.update(101, planned_reboot={"reason": "new kernel", "time": 1764130000})
+    vm.add("dmesg-ramoops-0", b"Shutdown#1 Part1\n<5>[   30.000000] reboot: Restarting system\n")
+    res = c.collect(vm)
+    assert res.verdict == "orderly_reboot" and res.message == "orderly_reboot: new kernel"
+    assert c.state.load(101)["planned_reboot"] is None
