@@ -73,12 +73,13 @@ def probe_cmd(ctx: typer.Context, vmid: int = _VMID, host: Optional[str] = _HOST
     """Report what the guest can capture and what is in the way (changes nothing)."""
     env, cfg, vm, target = _setup(ctx, vmid, host, port, user)
     with connect(target) as g:
-        r = g.probe(serial=vm.disk.serial, disk_bytes=vm.disk.size_mib << 20)
+        r = g.probe(serial=vm.disk.serial, disk_bytes=vm.disk.size_mib << 20, backend=vm.backend)
     _dump(env, r.to_json()) if as_json else _render_probe(env, r)
 
 
 def _make_plan(g, cfg, vm, remove_legacy):
-    report = g.probe(serial=vm.disk.serial, disk_bytes=vm.disk.size_mib << 20)
+    # the VM's configured backend (vms.<id>.backend): pstore_blk or ivshmem
+    report = g.probe(serial=vm.disk.serial, disk_bytes=vm.disk.size_mib << 20, backend=vm.backend)
     return report, g.plan(report, kmsg_size=cfg.pstore_blk.kmsg_size, max_reason=cfg.pstore_blk.max_reason,
                           remove_legacy=remove_legacy)
 
@@ -124,7 +125,7 @@ def verify_cmd(ctx: typer.Context, vmid: int = _VMID, host: Optional[str] = _HOS
     """Check that pstore_blk is the backend, with pvepstore's parameters, on the pstore disk."""
     env, cfg, vm, target = _setup(ctx, vmid, host, port, user)
     with connect(target) as g:
-        result = g.verify(serial=vm.disk.serial)
+        result = g.verify(serial=vm.disk.serial, backend=vm.backend)
     if as_json:
         _dump(env, result.to_json())
     else:
