@@ -231,8 +231,7 @@ def provision(ctx: Context, vmid: int, *, dry_run: bool = False, reboot: bool = 
             with ctx.guest_connect(target) as guest:
                 res.verify = guest.verify(serial=vm_cfg.disk.serial)
         if res.verify is not None and not dry_run:
-            state.update(cfg, vmid, verified={"ok": bool(getattr(res.verify, "ok", False)), "at": ctx.clock(),
-                                              "problems": list(getattr(res.verify, "problems", []) or [])})
+            _remember_verify(ctx, vmid, res.verify)
     except GuestError as exc:
         if not dry_run:
             raise
@@ -240,6 +239,12 @@ def provision(ctx: Context, vmid: int, *, dry_run: bool = False, reboot: bool = 
     finally:
         res.api_calls = list(api.planned if dry_run else api.done)
     return res
+
+
+def _remember_verify(ctx: Context, vmid: int, verify: Any) -> None:
+    """What `status` shows as "backend verified" (the last provision's verify)."""
+    state.update(ctx.cfg, vmid, verified={"ok": bool(getattr(verify, "ok", False)), "at": ctx.clock(),
+                                          "problems": list(getattr(verify, "problems", []) or [])})
 
 
 def _reboot_and_wait(ctx: Context, node: str, vmid: int, target, *, via_api: bool, old_boot: str,
@@ -590,8 +595,7 @@ def provision_ivshmem(ctx: Context, vmid: int, *, dry_run: bool = False, restart
         elif res.device_pending:
             res.problems.append(COLD_START.format(vmid=vmid))
         if res.verify is not None:
-            state.update(cfg, vmid, verified={"ok": bool(getattr(res.verify, "ok", False)), "at": ctx.clock(),
-                                              "problems": list(getattr(res.verify, "problems", []) or [])})
+            _remember_verify(ctx, vmid, res.verify)
     except GuestError as exc:
         if not dry_run:
             raise
