@@ -486,21 +486,11 @@ def _ivshmem_problems(r: ProbeReport, add) -> None:
     elif d.driver:
         add("ivshmem-claimed", "blocker", f"the ivshmem device {d.pci} is claimed by the driver {d.driver}",
             "ramoops needs the memory region for itself: unbind or remove that driver")
-    if r.backend and r.backend != "ramoops":
-        if r.backend == "erst":
-            add("backend-erst", "blocker", "the built-in ACPI ERST backend holds pstore's single slot",
-                "remove the acpi-erst device from the VM")
-        elif r.backend.startswith("efi"):
-            add("backend-efi", "fix", f"efi_pstore holds pstore's single slot (backend {r.backend})",
-                "options efi_pstore pstore_disable=Y; takes effect at the next reboot")
-        elif r.backend == "pstore_blk":
-            add("backend-blk", "fix", "pstore_blk holds pstore's single slot (switching backends)",
-                "unload pstore_blk, then load ramoops on the ivshmem device")
-        else:
-            add("backend-other", "warning", f"backend {r.backend} holds pstore's single slot", "")
-    elif r.efi and r.efi_pstore_available and not r.efi_pstore_kept_out:
-        add("efi-pstore-competes", "fix", "UEFI guest: efi_pstore can win the race for pstore's single slot "
-            "(systemd-pstore.service pulls it in)", "options efi_pstore pstore_disable=Y")
+    if r.backend == "pstore_blk":
+        add("backend-blk", "fix", "pstore_blk holds pstore's single slot (switching backends)",
+            "unload pstore_blk, then load ramoops on the ivshmem device")
+    else:
+        _slot_problems(r, "ramoops", add, erst_hint="remove the acpi-erst device from the VM")
     if r.ramoops != "missing" and not r.configured:
         if r.backend == "ramoops":
             add("ramoops-params", "fix", "ramoops runs with other parameters (mem_address="
@@ -541,25 +531,15 @@ def _blk_problems(r: ProbeReport, add) -> None:
             else:
                 add("disk-stale", "fix", f"{r.by_id} holds stale bytes from an earlier owner", "apply zeroes "
                     "the first 128 MiB once, after re-checking serial, size, signature and mounts")
-    if r.backend and r.backend != "pstore_blk":
-        if r.backend == "erst":
-            add("backend-erst", "blocker", "the built-in ACPI ERST backend holds pstore's single slot",
-                "remove the acpi-erst device from the VM (ERST itself keeps panics; pvepstore does not "
-                "read it yet)")
-        elif r.backend.startswith("efi"):
-            add("backend-efi", "fix", f"efi_pstore holds pstore's single slot (backend {r.backend})",
-                "options efi_pstore pstore_disable=Y; takes effect at the next reboot")
-        elif r.backend == "ramoops" and r.ramoops_on_ivshmem:
-            add("backend-ramoops-ivshmem", "fix", "ramoops on the ivshmem device holds pstore's single slot "
-                "(switching backends)", "unload ramoops, then attach pstore_blk")
-        elif r.backend == "ramoops":
-            add("backend-ramoops", "consent", "ramoops (the old setup) holds pstore's single slot",
-                "remove the old ramoops configuration (--remove-legacy), then reboot")
-        else:
-            add("backend-other", "warning", f"backend {r.backend} holds pstore's single slot", "")
-    elif r.efi and r.efi_pstore_available and not r.efi_pstore_kept_out:
-        add("efi-pstore-competes", "fix", "UEFI guest: efi_pstore can win the race for pstore's single slot "
-            "(systemd-pstore.service pulls it in)", "options efi_pstore pstore_disable=Y")
+    if r.backend == "ramoops" and r.ramoops_on_ivshmem:
+        add("backend-ramoops-ivshmem", "fix", "ramoops on the ivshmem device holds pstore's single slot "
+            "(switching backends)", "unload ramoops, then attach pstore_blk")
+    elif r.backend == "ramoops":
+        add("backend-ramoops", "consent", "ramoops (the old setup) holds pstore's single slot",
+            "remove the old ramoops configuration (--remove-legacy), then reboot")
+    else:
+        _slot_problems(r, "pstore_blk", add, erst_hint="remove the acpi-erst device from the VM (ERST itself "
+                       "keeps panics; pvepstore does not read it yet)")
     if r.pstore_blk != "missing" and not r.configured:
         if r.backend == "pstore_blk":
             add("blk-params", "fix", f"pstore_blk is loaded with other parameters "
@@ -567,6 +547,24 @@ def _blk_problems(r: ProbeReport, add) -> None:
         else:
             add("not-configured", "fix", "pstore_blk is not attached to the pstore disk",
                 "configure and load pstore_blk (modprobe.d options + a boot-time unit)")
+
+
+def _slot_problems(r: ProbeReport, ours: str, add, *, erst_hint: str) -> None:
+    """pstore takes a single backend: what holds the slot (or may take it) other than ``ours``.
+
+    Each backend handles the slot holders it can take over itself before calling this.
+    """
+    if r.backend and r.backend != ours:
+        if r.backend == "erst":
+            add("backend-erst", "blocker", "the built-in ACPI ERST backend holds pstore's single slot", erst_hint)
+        elif r.backend.startswith("efi"):
+            add("backend-efi", "fix", f"efi_pstore holds pstore's single slot (backend {r.backend})",
+                "options efi_pstore pstore_disable=Y; takes effect at the next reboot")
+        else:
+            add("backend-other", "warning", f"backend {r.backend} holds pstore's single slot", "")
+    elif r.efi and r.efi_pstore_available and not r.efi_pstore_kept_out:
+        add("efi-pstore-competes", "fix", "UEFI guest: efi_pstore can win the race for pstore's single slot "
+            "(systemd-pstore.service pulls it in)", "options efi_pstore pstore_disable=Y")
 
 
 def _common_problems(r: ProbeReport, add) -> None:
