@@ -13,7 +13,9 @@ from typing import Iterator, Optional
 import typer
 
 from ..errors import InputError, UsageError
-from ..pstore import FORMATS, BlkParams, FileSource, ParseResult, RamoopsParams, ReadOptions, read_source
+from ..pstore import (FORMATS, BlkParams, FileSource, Finding, ParseResult, RamoopsParams, ReadOptions,
+                      Severity, read_source)
+from ..pstore.layout import NR_CPUS_MAX, SZ_128M
 from ..pstore.source import unpack_xz_sparse
 from .app import app, env_of
 from .render import render_summary
@@ -21,8 +23,18 @@ from .render import render_summary
 SAMPLE = "sample-oops.img.xz"
 
 
+# What an .xz image is unpacked to at most (after --offset): the kernel never uses
+# more than the 128 MiB cap of pstore/zone (6.1+) or of any ramoops memory pvepstore
+# provisions; with --no-cap (a 5.10 kernel) up to MAX_XZ_UNCAPPED.  Beyond it an .xz
+# is an xz bomb or a whole disk, and parsing what lies past the limit cannot change
+# what the kernel shows.
+MAX_XZ_CAPPED = SZ_128M
+MAX_XZ_UNCAPPED = 1 << 30
+
+
 @contextmanager
-def _opened(image: Optional[Path], sample: bool, offset: int) -> Iterator[tuple[FileSource, str]]:
+def _opened(image: Optional[Path], sample: bool, offset: int,
+            no_cap: bool = False) -> Iterator[tuple[FileSource, str, list[Finding]]]:
     """Yield a byte source for the image; .xz images are unpacked to a sparse temp file."""
     if sample:
         packed = resources.files("pvepstore.data").joinpath(SAMPLE)
@@ -32,22 +44,34 @@ def _opened(image: Optional[Path], sample: bool, offset: int) -> Iterator[tuple[
     else:
         packed, label = image, str(image)
     if sample or str(image).endswith(".xz"):
+        limit = offset + (MAX_XZ_UNCAPPED if no_cap else MAX_XZ_CAPPED)
         with tempfile.TemporaryDirectory(prefix="pvepstore-") as tmp:
             raw = os.path.join(tmp, "image.raw")
             with resources.as_file(packed) as packed_path:
-                unpack_xz_sparse(packed_path, raw)
+                unpacked = unpack_xz_sparse(packed_path, raw, limit=limit)
+            notes = []
+            if unpacked.truncated:
+                notes.append(Finding(Severity.WARNING, (
+                    f"the .xz image is larger than {limit} bytes: only the first {limit} were "
+                    "unpacked and parsed") + (
+                    "" if no_cap else " (the kernel uses no more than 128 MiB; --no-cap reads "
+                    f"up to {MAX_XZ_UNCAPPED >> 20} MiB)")))
             with FileSource(raw, offset) as src:
                 src.name = label
-                yield src, label
+                yield src, label, notes
     else:
         with FileSource(image, offset) as src:
-            yield src, label
+            yield src, label, []
 
 
 def _params(fmt: str, kmsg: Optional[int], pmsg: Optional[int], console: Optional[int],
             ftrace: Optional[int], nr_cpus: Optional[int], no_cap: bool,
             record: Optional[int], mem: Optional[int]) -> BlkParams | RamoopsParams | None:
     given = (kmsg, pmsg, console, ftrace, nr_cpus)
+    if nr_cpus is not None and nr_cpus > NR_CPUS_MAX:
+        # a bound, not pedantry: the ftrace zones are per CPU, and so is the memory for them
+        raise UsageError(f"--nr-cpus {nr_cpus} is more than any kernel supports ({NR_CPUS_MAX})",
+                         hint="give the guest's possible CPUs (/sys/devices/system/cpu/possible)")
     if fmt == "ramoops" or record is not None or mem is not None:
         if kmsg is not None or no_cap:
             raise UsageError("--kmsg-size/--no-cap are pstore_blk options",
@@ -89,8 +113,9 @@ def extract(result: ParseResult, directory: Path) -> list[Path]:
 @app.command("parse")
 def parse_command(
     ctx: typer.Context,
+    # readable=False: pvepstore opens the image itself (exit 3 with a hint, not click's exit 2)
     image: Optional[Path] = typer.Argument(None, help="Raw pstore disk image, block device, or .xz image.",
-                                           show_default=False),
+                                           show_default=False, readable=False),
     offset: int = typer.Option(0, "--offset", min=0, help="Byte offset of the pstore partition in the image."),
     kmsg_size: Optional[int] = typer.Option(None, "--kmsg-size", min=0, help="pstore_blk kmsg_size (KiB)."),
     pmsg_size: Optional[int] = typer.Option(None, "--pmsg-size", min=0, help="pstore_blk pmsg_size (KiB)."),
@@ -124,8 +149,9 @@ def parse_command(
     params = _params(fmt, kmsg_size, pmsg_size, console_size, ftrace_size, nr_cpus, no_cap,
                      record_size, mem_size)
     options = ReadOptions(include_erased=include_erased)
-    with _opened(image, sample, offset) as (src, _label):
+    with _opened(image, sample, offset, no_cap) as (src, _label, notes):
         result = read_source(src, params, fmt=fmt, offset=offset, options=options)
+    result.findings[:0] = notes
     if extract_dir is not None:
         try:
             extract(result, extract_dir)

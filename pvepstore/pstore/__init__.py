@@ -37,7 +37,8 @@ def read_source(src: ByteSource, params: BlkParams | RamoopsParams | None = None
             fmt = "ramoops" if looks_like_ramoops(src) else "pstore_blk"
     if fmt == "ramoops":
         return read_ramoops(src, params if isinstance(params, RamoopsParams) else None,
-                            max_record_bytes=options.max_record_bytes, image_offset=offset)
+                            max_record_bytes=options.max_record_bytes, image_offset=offset,
+                            max_image_bytes=options.max_image_bytes)
     return read_blk(src, params if isinstance(params, BlkParams) else None, options=options,
                     image_offset=offset)
 

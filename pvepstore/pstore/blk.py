@@ -29,6 +29,12 @@ SIGNATURE_BYTES = frozenset(sig.to_bytes(4, "little") for sig in SIGNATURES.valu
 MAX_RECORD_BYTES = 32 << 20
 # Zones visited at most (a 128 MiB device with 4 KiB zones has 32768).
 MAX_ZONES = 1 << 20
+HEADER_BATCH = 4096
+# Record bytes held per image at most, whatever the image holds: the kernel uses
+# 128 MiB of a device at most (6.1+), and several sweeps run at once.
+MAX_IMAGE_BYTES = 128 << 20
+# Raw ftrace bytes merged at most (each 24-byte entry becomes a tuple and a text line).
+MAX_FTRACE_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,7 @@ class ReadOptions:
     include_erased: bool = False
     max_record_bytes: int = MAX_RECORD_BYTES
     max_zones: int = MAX_ZONES
+    max_image_bytes: int = MAX_IMAGE_BYTES
 
 
 def read_blk(source: ByteSource, params: BlkParams | None = None, *,
@@ -52,6 +59,9 @@ def read_blk(source: ByteSource, params: BlkParams | None = None, *,
                                     f"the kernel would refuse this device ({c}); parsed anyway"))
     reader = _Reader(source, layout, options, findings)
     records = reader.read_all()
+    if reader.over_budget > 1:
+        findings.append(Finding(Severity.WARNING, f"{reader.over_budget} records not read "
+                                "(per-image budget)"))
     return ParseResult(source=source.name, offset=image_offset, layout=layout,
                        records=records, findings=findings, bytes_read=source.bytes_read)
 
@@ -63,6 +73,20 @@ class _Reader:
         self.layout = layout
         self.opt = options
         self.findings = findings
+        self.budget = options.max_image_bytes  # record bytes this image may still hold
+        self.over_budget = 0
+
+    def spend(self, size: int, zone: Zone) -> bool:
+        """Take ``size`` bytes from the image's budget; False (and a finding, once) when spent."""
+        if size <= self.budget:
+            self.budget -= size
+            return True
+        if not self.over_budget:
+            self.note(Severity.WARNING, "the records of this image exceed the "
+                      f"{self.opt.max_image_bytes >> 20} MiB pvepstore holds per image: this "
+                      "and later records were not read", zone)
+        self.over_budget += 1
+        return False
 
     def note(self, severity: Severity, message: str, zone: Zone | None = None) -> None:
         self.findings.append(Finding(severity, message,
@@ -80,17 +104,22 @@ class _Reader:
         # Read every zone header in one batch (the kernel looks at all of them too),
         # then only the zones that carry a pstore signature.
         base, size = self.layout.dmesg_base, self.layout.dmesg_zone_size
-        offsets = range(base, base + count * size, size)
-        headers = self.src.read_headers(offsets, ZONE_HEADER + KMSG_HEADER)
-        for i, off in enumerate(offsets):
-            raw = headers.get(off)
-            if raw is None or raw[:4] not in SIGNATURE_BYTES:
-                continue  # never written (or foreign data): no signature, as in psz_kmsg_recover_meta
-            rec = self.read_dmesg(self.layout.dmesg_zone(i), raw)
-            if rec is STOP:
-                return records
-            if rec is not None:
-                records.append(rec)
+        if not size:
+            count = 0  # kmsg_size=0: no dmesg zones at all (a pmsg/console-only layout)
+        # Headers are fetched in batches so that a device of a million tiny zones
+        # never holds a million headers at once.
+        for first in range(0, count, HEADER_BATCH):
+            offsets = range(base + first * size, base + min(count, first + HEADER_BATCH) * size, size)
+            headers = self.src.read_headers(offsets, ZONE_HEADER + KMSG_HEADER)
+            for i, off in enumerate(offsets, first):
+                raw = headers.get(off)
+                if raw is None or raw[:4] not in SIGNATURE_BYTES:
+                    continue  # never written (or foreign data): no signature, as in psz_kmsg_recover_meta
+                rec = self.read_dmesg(self.layout.dmesg_zone(i), raw)
+                if rec is STOP:
+                    return records
+                if rec is not None:
+                    records.append(rec)
         # The kernel lists dmesg, then ftrace (combined), pmsg, console.
         ftrace = self.read_ftrace(self.layout.zones(Kind.FTRACE))
         if ftrace is not None:
@@ -145,11 +174,15 @@ class _Reader:
             self.note(Severity.WARNING, f"record of {size} bytes exceeds the "
                       f"{self.opt.max_record_bytes}-byte limit; skipped", zone)
             return None
+        if not self.spend(size, zone):
+            return None
         payload = self.src.read_at(zone.offset + ZONE_HEADER + KMSG_HEADER, size)
         name = f"dmesg-{BACKEND}-{zone.index}"
         if compressed:
             limit = min(3 * (zone.buffer_size - KMSG_HEADER), self.opt.max_record_bytes)
             decoded = decode_payload(payload, True, limit)
+            if len(decoded.data) > size and not self.spend(len(decoded.data) - size, zone):
+                return None
             if decoded.error:
                 # decompress_record() failed: the kernel keeps the raw bytes as .enc.z
                 self.note(Severity.WARNING, f"compressed record cannot be decompressed: "
@@ -162,6 +195,8 @@ class _Reader:
     def recover_erased_dmesg(self, zone: Zone, meta: dict) -> Record | None:
         """Forensic: an unlinked record keeps its kmsg header and payload on disk."""
         room = min(zone.buffer_size - KMSG_HEADER, self.opt.max_record_bytes)
+        if not self.spend(room, zone):
+            return None
         payload = self.src.read_at(zone.offset + ZONE_HEADER + KMSG_HEADER, room)
         name = f"dmesg-{BACKEND}-{zone.index}"
         if meta["compressed"]:
@@ -205,6 +240,8 @@ class _Reader:
             if not self.opt.include_erased:
                 return None
             # Forensic: an erased ring keeps its old bytes; the unused tail is 0xFF.
+            if not self.spend(min(bufsize, self.opt.max_record_bytes), zone):
+                return None
             old = self.src.read_at(data_off, min(bufsize, self.opt.max_record_bytes))
             old = old.rstrip(b"\xff").rstrip(b"\0")
             if not old:
@@ -216,12 +253,16 @@ class _Reader:
             self.note(Severity.ERROR, f"corrupt ring header (start {start} > datalen {datalen}): "
                       "the guest kernel's recovery fails on this zone, so it shows no records "
                       "and writes nothing until the zone is erased; salvaged data[0:datalen]", zone)
+            if not self.spend(datalen, zone):
+                return None
             return self.src.read_at(data_off, datalen), False
         if datalen == start and datalen < bufsize:
             tail = self.src.read_at(data_off + datalen, min(64, bufsize - datalen))
             if tail.strip(b"\xff\0"):
                 self.note(Severity.INFO, "ring header may be torn (datalen == start and old "
                           "data follows): older text may exist past datalen", zone)
+        if not self.spend(datalen, zone):
+            return None
         newer = self.src.read_at(data_off + start, datalen - start)
         older = self.src.read_at(data_off, start)
         return newer + older, False
@@ -245,11 +286,17 @@ class _Reader:
             return None
         merged: list[tuple[int, int, int]] = []
         erased_any = False
+        taken = 0
         for zone in zones:
             got = self.read_ring(zone)
             if got is None:
                 continue
             data, erased = got
+            if taken + len(data) > MAX_FTRACE_BYTES:
+                self.note(Severity.WARNING, f"ftrace zones hold more than {MAX_FTRACE_BYTES >> 20} MiB; "
+                          "this and later CPUs' zones were not merged", zone)
+                break
+            taken += len(data)
             erased_any |= erased
             merged = merge_by_timestamp(merged, split_records(data))
         if not merged:

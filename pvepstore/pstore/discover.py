@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from math import gcd
 
+from ..errors import UsageError
+
 from .layout import (DEFAULT_KMSG_KIB, SZ_128M, ZONE_HEADER, BlkLayout, BlkParams, compute_layout,
                      kib_param_to_bytes)
 from .model import Finding, Kind, Severity
@@ -142,7 +144,16 @@ def discover_layout(src: ByteSource) -> tuple[BlkLayout, list[Finding]]:
             findings.append(Finding(Severity.INFO, "zones continue past 128 MiB: written by a "
                                     "kernel without the 128 MiB cap (5.10?)"))
     params = BlkParams(**{**params.to_json(), "cap_128m": cap})
-    layout, complaints = compute_layout(src.size, params)
+    try:
+        layout, complaints = compute_layout(src.size, params)
+    except UsageError as exc:
+        # Sizes read from the image, not given by the user: a finding, never exit 2.
+        findings.append(Finding(Severity.ERROR, f"the zones found describe no layout the kernel "
+                                f"would use ({exc.message}); read as dmesg zones of "
+                                f"{DEFAULT_KMSG_KIB} KiB"))
+        params = BlkParams(cap_128m=cap)
+        layout, complaints = compute_layout(src.size, params)
+        base, kmsg, confidence = layout.dmesg_base, layout.dmesg_zone_size, "low"
     if not hits:
         confidence = "none"
         findings.append(Finding(Severity.INFO, "no pstore signature found: the device was never "

@@ -17,6 +17,9 @@ SZ_128M = 128 << 20
 ZONE_HEADER = 12  # struct psz_buffer {u32 sig; s32 datalen; s32 start;}
 KMSG_HEADER = 40  # sizeof(struct psz_kmsg_header) on 64-bit: tail padding included
 DEFAULT_KMSG_KIB = 64  # CONFIG_PSTORE_BLK_KMSG_SIZE default
+# CONFIG_NR_CPUS is at most 8192 (x86_64 MAXSMP): no kernel has more possible CPUs,
+# and per-CPU ftrace zones (one object each) must not grow without bound.
+NR_CPUS_MAX = 8192
 
 
 def kib_param_to_bytes(kib: int) -> int:
@@ -124,8 +127,8 @@ def compute_layout(device_size: int, params: BlkParams) -> tuple[BlkLayout, list
     for name in ("kmsg_size", "pmsg_size", "console_size", "ftrace_size"):
         if getattr(params, name) < 0:
             raise UsageError(f"{name} must be >= 0 KiB (got {getattr(params, name)})")
-    if params.nr_cpus < 1:
-        raise UsageError(f"nr_cpus must be >= 1 (got {params.nr_cpus})")
+    if not 1 <= params.nr_cpus <= NR_CPUS_MAX:
+        raise UsageError(f"nr_cpus must be 1..{NR_CPUS_MAX} (got {params.nr_cpus})")
 
     total = device_size
     if params.cap_128m and total > SZ_128M:

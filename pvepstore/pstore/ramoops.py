@@ -12,20 +12,27 @@ ECC (``ramoops.ecc``) is not supported: pvepstore configures ``ecc=0``.
 from __future__ import annotations
 
 import re
-import struct
-from dataclasses import dataclass, field
 
 from ..errors import UsageError
 from .dump import decode_payload, part_header, reason_code
 from .ftrace import merge_by_timestamp, render, split_records
 from .model import Finding, Kind, ParseResult, Record, Severity
+from .ramdiscover import discover_ramoops
+from .ramlayout import (DEFAULT_SIZE, PERSISTENT_RAM_SIG, PRZ_HEADER, RamoopsLayout, RamoopsParams,
+                        RamZone, compute_ramoops_layout, rounddown_pow2)
 from .source import ByteSource
 
+__all__ = ["BACKEND", "DEFAULT_SIZE", "PERSISTENT_RAM_SIG", "PRZ_HEADER", "RamZone", "RamoopsLayout",
+           "RamoopsParams", "compute_ramoops_layout", "discover_ramoops", "looks_like_ramoops",
+           "read_ramoops", "rounddown_pow2"]
+
 BACKEND = "ramoops"
-PERSISTENT_RAM_SIG = 0x43474244  # "DBGC"; ftrace zones store it ^ LINUX_VERSION_CODE
-PRZ_HEADER = struct.Struct("<Iii")  # sig, atomic_t start, atomic_t size
-DEFAULT_SIZE = 4096  # MIN_MEM_SIZE: the default of record/console/ftrace/pmsg sizes
 MAX_RECORD_BYTES = 32 << 20
+# Record bytes held per image at most, whatever the image holds (several sweeps
+# run at once); the kernel uses no more than 128 MiB of pstore/zone either.
+MAX_IMAGE_BYTES = 128 << 20
+MAX_ZONES = 1 << 20  # dmesg zones visited at most (1 GiB of 1 KiB records)
+HEADER_BATCH = 4096
 # sscanf("====%lld.%lu-%c\n%n"): the kernel's isspace() also takes 0xa0 (Latin-1 NBSP).
 _WS = rb"[\t\n\v\f\r \xa0]*"
 # The kernel's vsscanf takes a '-' for %lld but no '+', and no sign at all for %lu.
@@ -33,97 +40,16 @@ _KMSG_HDR = re.compile(rb"====" + _WS + rb"(-?\d+)\." + _WS + rb"(\d+)-(.)" + _W
 _KMSG_HDR_OLD = re.compile(rb"====" + _WS + rb"(-?\d+)\." + _WS + rb"(\d+)" + _WS, re.S)
 
 
-def rounddown_pow2(n: int) -> int:
-    return 1 << (n.bit_length() - 1) if n > 0 else 0
+def _wrapped_decimal(digits: bytes) -> int:
+    """The value vsscanf's %lld/%lu stores for any number of digits: modulo 2**64.
 
-
-@dataclass(frozen=True)
-class RamoopsParams:
-    """ramoops module parameters in bytes (``mem_size`` defaults to the whole source)."""
-
-    mem_size: int | None = None
-    record_size: int = DEFAULT_SIZE
-    console_size: int = DEFAULT_SIZE
-    ftrace_size: int = DEFAULT_SIZE
-    pmsg_size: int = DEFAULT_SIZE
-    ftrace_per_cpu: bool = False
-    nr_cpus: int = 1
-
-    def to_json(self) -> dict:
-        return {"mem_size": self.mem_size, "record_size": self.record_size,
-                "console_size": self.console_size, "ftrace_size": self.ftrace_size,
-                "pmsg_size": self.pmsg_size, "ftrace_per_cpu": self.ftrace_per_cpu,
-                "nr_cpus": self.nr_cpus}
-
-
-@dataclass(frozen=True)
-class RamZone:
-    kind: Kind
-    index: int
-    offset: int
-    size: int
-
-    @property
-    def buffer_size(self) -> int:
-        return self.size - PRZ_HEADER.size
-
-
-@dataclass(frozen=True)
-class RamoopsLayout:
-    mem_size: int
-    params: RamoopsParams
-    zones: tuple[RamZone, ...]
-    discovery: dict | None = field(default=None, compare=False)
-
-    def of(self, kind: Kind) -> list[RamZone]:
-        return [z for z in self.zones if z.kind is kind]
-
-    def to_json(self) -> dict:
-        doc = {"format": "ramoops", "mem_size": self.mem_size, "params": self.params.to_json(),
-               "zones": [{"kind": z.kind.value, "index": z.index, "offset": z.offset, "size": z.size}
-                         for z in self.zones]}
-        if self.discovery is not None:
-            doc["discovery"] = self.discovery
-        return doc
-
-
-def compute_ramoops_layout(size: int, params: RamoopsParams) -> RamoopsLayout:
-    """ramoops_probe(): the zones the kernel would use in ``size`` bytes of memory."""
-    mem = params.mem_size if params.mem_size is not None else size
-    if mem <= 0 or mem > size:
-        raise UsageError(f"mem_size {mem} does not fit the {size}-byte source")
-    record, console, ftrace, pmsg = (rounddown_pow2(v) for v in (
-        params.record_size, params.console_size, params.ftrace_size, params.pmsg_size))
-    if not (record or console or ftrace or pmsg):
-        raise UsageError("the record/console/ftrace/pmsg sizes must not all be zero")
-    dump_mem = mem - console - ftrace - pmsg
-    if dump_mem < 0:
-        raise UsageError(f"console+ftrace+pmsg ({console + ftrace + pmsg} bytes) exceed mem_size {mem}",
-                         hint="sizes are in bytes for ramoops")
-    zones: list[RamZone] = []
-    off = 0
-    if dump_mem and record:
-        count = dump_mem // record
-        if count == 0:
-            raise UsageError(f"record_size {record} is larger than the dmesg area ({dump_mem} bytes)")
-        zone = (dump_mem // count) & ~1  # ALIGN_DOWN(mem_sz / cnt, 2)
-        for i in range(count):
-            zones.append(RamZone(Kind.DMESG, i, off, zone))
-            off += zone
-    if console:
-        zones.append(RamZone(Kind.CONSOLE, 0, off, console))
-        off += console
-    if ftrace:
-        count = max(1, params.nr_cpus) if params.ftrace_per_cpu else 1
-        zone = (ftrace // count) & ~1
-        for i in range(count):
-            zones.append(RamZone(Kind.FTRACE, i, off, zone))
-            off += zone
-    if pmsg:
-        if off + pmsg > mem:
-            raise UsageError("no room for the pmsg zone")
-        zones.append(RamZone(Kind.PMSG, 0, off, pmsg))
-    return RamoopsLayout(mem_size=mem, params=params, zones=tuple(zones))
+    simple_strntoull() keeps multiplying past overflow, so only the value mod
+    2**64 survives; 10**64 is a multiple of 2**64, so the last 64 digits decide
+    it.  (Converting all digits with int() is refused beyond 4300 of them, and
+    costs quadratic time on a hostile header.)
+    """
+    sign = -1 if digits[:1] == b"-" else 1
+    return sign * int(digits.lstrip(b"-")[-64:] or b"0") % (1 << 64)
 
 
 def looks_like_ramoops(source: ByteSource) -> bool:
@@ -138,99 +64,60 @@ def looks_like_ramoops(source: ByteSource) -> bool:
     return head[PRZ_HEADER.size:] != b"\xe5\x3a\xfc\x4d" and 0 <= start <= size
 
 
-def discover_ramoops(source: ByteSource) -> tuple[RamoopsParams, list[Finding]]:
-    """Zone sizes from the zone headers: every zone gets one when ramoops first probes it."""
-    scan = min(source.size, 64 << 20)
-    starts = [off for off, raw in source.read_headers(range(0, scan, 512), 4).items()
-              if len(raw) == 4 and _is_zone_sig(int.from_bytes(raw, "little"))]
-    findings = []
-    if len(starts) < 2:
-        findings.append(Finding(Severity.INFO, "ramoops zone sizes not discoverable (fewer than two "
-                                "zone headers); assuming the module defaults"))
-        return RamoopsParams(mem_size=source.size), findings
-    sizes = [b - a for a, b in zip(starts, starts[1:])] + [source.size - starts[-1]]
-    record = sizes[0]
-    count = 1
-    while count < len(sizes) and sizes[count] == record and not _is_ftrace_at(source, starts[count]):
-        count += 1
-    # console/pmsg zones as large as the dmesg zones: only their contents tell them
-    # apart (a dmesg record starts with "===="); trailing non-dmesg text is pmsg, then console.
-    tail_text = 0
-    while count - tail_text > 1 and tail_text < 2 and _holds_text(source, starts[count - tail_text - 1]):
-        tail_text += 1
-    count -= tail_text
-    rest = list(zip(starts[count:], sizes[count:]))
-    ftrace = [(o, n) for o, n in rest if _is_ftrace_at(source, o)]
-    plain = [(o, n) for o, n in rest if (o, n) not in ftrace]
-    console = pmsg = 0
-    if len(plain) >= 2:
-        console, pmsg = plain[0][1], plain[-1][1]
-    elif len(plain) == 1:
-        # one of them: after the ftrace zones it is pmsg, otherwise take it as console
-        if ftrace and plain[0][0] > ftrace[0][0]:
-            pmsg = plain[0][1]
-        else:
-            console = plain[0][1]
-        findings.append(Finding(Severity.INFO, "one non-dmesg ramoops zone found; its kind is a guess"))
-    params = RamoopsParams(mem_size=source.size, record_size=record, console_size=console,
-                           ftrace_size=sum(n for _, n in ftrace), pmsg_size=pmsg,
-                           ftrace_per_cpu=len(ftrace) > 1, nr_cpus=max(1, len(ftrace)))
-    return params, findings
-
-
-def _is_zone_sig(sig: int) -> bool:
-    return sig == PERSISTENT_RAM_SIG or 0x020600 <= sig ^ PERSISTENT_RAM_SIG <= 0x0FFFFF
-
-
-def _holds_text(source: ByteSource, off: int) -> bool:
-    raw = source.read_at(off, PRZ_HEADER.size + 4)
-    if len(raw) < PRZ_HEADER.size + 4:
-        return False
-    _, start, size = PRZ_HEADER.unpack_from(raw)
-    return size > 0 and raw[PRZ_HEADER.size:] != b"===="
-
-
-def _is_ftrace_at(source: ByteSource, off: int) -> bool:
-    raw = source.read_at(off, 4)
-    return len(raw) == 4 and int.from_bytes(raw, "little") != PERSISTENT_RAM_SIG
-
-
 def read_ramoops(source: ByteSource, params: RamoopsParams | None = None, *,
-                 max_record_bytes: int = MAX_RECORD_BYTES, image_offset: int = 0) -> ParseResult:
+                 max_record_bytes: int = MAX_RECORD_BYTES, image_offset: int = 0,
+                 max_image_bytes: int = MAX_IMAGE_BYTES) -> ParseResult:
     """Parse ramoops memory; ``params=None`` discovers the zone sizes from the zone headers."""
     findings: list[Finding] = []
-    discovery = None
     if params is None:
         params, notes = discover_ramoops(source)
         findings.extend(notes)
-        discovery = {"method": "zone-headers", "confidence": "medium" if notes else "high"}
-    layout = compute_ramoops_layout(source.size, params)
-    if discovery is not None:
-        layout = RamoopsLayout(layout.mem_size, layout.params, layout.zones, discovery)
-    reader = _RamReader(source, findings, max_record_bytes)
+        try:
+            layout = compute_ramoops_layout(source.size, params)
+        except UsageError as exc:
+            # The user gave no argument: headers that describe no usable layout are a
+            # property of the image (a finding), never a usage error (exit 2).
+            findings.append(Finding(Severity.ERROR, f"the zone headers describe no layout the kernel "
+                                    f"would accept ({exc.message}); nothing was read"))
+            layout = RamoopsLayout(source.size, params, 0, 0, ())
+            notes = [Finding(Severity.ERROR, "no layout")]
+        layout = layout.with_discovery({"method": "zone-headers",
+                                        "confidence": "medium" if notes else "high"})
+    else:
+        layout = compute_ramoops_layout(source.size, params)
+    reader = _RamReader(source, findings, max_record_bytes, max_image_bytes)
     records = reader.read_all(layout)
     return ParseResult(source=source.name, offset=image_offset, layout=layout, records=records,
                        findings=findings, bytes_read=source.bytes_read)
 
 
 class _RamReader:
-    def __init__(self, src: ByteSource, findings: list[Finding], limit: int) -> None:
+    def __init__(self, src: ByteSource, findings: list[Finding], limit: int,
+                 budget: int = MAX_IMAGE_BYTES) -> None:
         self.src = src
         self.findings = findings
         self.limit = limit
+        self.budget = budget  # record bytes this image may still hold
+        self.over_budget = 0  # records left out once the budget was spent
 
     def note(self, severity: Severity, message: str, zone: RamZone) -> None:
         self.findings.append(Finding(severity, message, kind=zone.kind.value, zone=zone.index,
                                      offset=zone.offset))
 
-    def old_log(self, zone: RamZone, ftrace: bool = False) -> bytes | None:
-        """persistent_ram_post_init() + save_old(): the zone's previous contents, or None."""
+    def old_log(self, zone: RamZone, ftrace: bool = False, raw: bytes | None = None) -> bytes | None:
+        """persistent_ram_post_init() + save_old(): the zone's previous contents, or None.
+
+        The kernel copies at most the zone's buffer (``kvzalloc(size)`` with
+        ``size <= buffer_size``); pvepstore also refuses more than the per-record
+        limit and the per-image budget, so no header can make it hold more.
+        """
         if zone.size < PRZ_HEADER.size:
             return None
-        raw = self.src.read_at(zone.offset, PRZ_HEADER.size)
+        if raw is None:
+            raw = self.src.read_at(zone.offset, PRZ_HEADER.size)
         if len(raw) < PRZ_HEADER.size:
             return None
-        sig, start, size = PRZ_HEADER.unpack(raw)
+        sig, start, size = PRZ_HEADER.unpack_from(raw)
         if ftrace:
             version = sig ^ PERSISTENT_RAM_SIG
             if not 0x020600 <= version <= 0x0FFFFF:  # LINUX_VERSION_CODE of some 2.6..15.x kernel
@@ -247,14 +134,44 @@ class _RamReader:
         if size > self.limit:
             self.note(Severity.WARNING, f"{size}-byte zone exceeds the read limit; skipped", zone)
             return None
+        if not self.spend(size, zone):
+            return None
         data_off = zone.offset + PRZ_HEADER.size
         return self.src.read_at(data_off + start, size - start) + self.src.read_at(data_off, start)
+
+    def spend(self, size: int, zone: RamZone) -> bool:
+        """Take ``size`` bytes from the image's budget; False (and a finding, once) when spent."""
+        if size <= self.budget:
+            self.budget -= size
+            return True
+        if not self.over_budget:
+            self.note(Severity.WARNING, "the records of this image exceed the "
+                      f"{MAX_IMAGE_BYTES >> 20} MiB pvepstore holds per image: this and "
+                      "later records were not read", zone)
+        self.over_budget += 1
+        return False
+
+    def dmesg_zones(self, layout: RamoopsLayout):
+        """(zone, header) of each dmesg zone that has a header, fetched in batches (holes skipped)."""
+        count = layout.dmesg_count
+        if count > MAX_ZONES:
+            self.note(Severity.WARNING, f"{count} dmesg zones; only the first {MAX_ZONES} were read",
+                      layout.dmesg_zone(MAX_ZONES))
+            count = MAX_ZONES
+        size = layout.dmesg_zone_size
+        for first in range(0, count, HEADER_BATCH):
+            idx = range(first, min(count, first + HEADER_BATCH))
+            headers = self.src.read_headers([i * size for i in idx], PRZ_HEADER.size)
+            for i in idx:
+                raw = headers.get(i * size)
+                if raw is not None:
+                    yield layout.dmesg_zone(i), raw
 
     def read_all(self, layout: RamoopsLayout) -> list[Record]:
         records: list[Record] = []
         # ramoops_pstore_read(): dmesg zones, then console, pmsg, ftrace.
-        for zone in layout.of(Kind.DMESG):
-            old = self.old_log(zone)
+        for zone, raw in self.dmesg_zones(layout):
+            old = self.old_log(zone, raw=raw)
             if old is None:
                 continue
             rec = self.dmesg_record(zone, old)
@@ -279,6 +196,9 @@ class _RamReader:
                                   zone=0, offset=ftrace_zones[0].offset, data=render(merged)))
             self.note(Severity.INFO, "ftrace addresses shown in hex: the kernel resolves them "
                       "with its own symbol table", ftrace_zones[0])
+        if self.over_budget > 1:
+            self.findings.append(Finding(Severity.WARNING, f"{self.over_budget} records not read "
+                                         "(per-image budget)"))
         return records
 
     def dmesg_record(self, zone: RamZone, old: bytes) -> Record | object | None:
@@ -293,8 +213,8 @@ class _RamReader:
             self.note(Severity.WARNING, "dmesg zone without a ====<time> header; the kernel "
                       "discards it", zone)
             return None
-        sec = _c_long(int(m.group(1)))
-        usec = int(m.group(2))
+        sec = _c_long(_wrapped_decimal(m.group(1)))
+        usec = _wrapped_decimal(m.group(2))
         payload = old[m.end():]
         if not payload:
             self.note(Severity.ERROR, "empty dmesg record: the guest kernel stops listing records "
@@ -303,6 +223,8 @@ class _RamReader:
         name = f"dmesg-{BACKEND}-{zone.index}"
         limit = min(3 * zone.buffer_size, self.limit)
         decoded = decode_payload(payload, compressed, limit)
+        if len(decoded.data) > len(old) and not self.spend(len(decoded.data) - len(old), zone):
+            return None  # inflated beyond what the image budget allows
         recovered = None
         if decoded.error:
             self.note(Severity.WARNING, f"compressed record cannot be decompressed: {decoded.error}; "

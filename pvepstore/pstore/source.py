@@ -12,9 +12,60 @@ import bisect
 import errno
 import os
 import stat
+from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 from ..errors import InputError
+
+
+def _kind_of(mode: int) -> str | None:
+    """What a non-readable file type is, for the message (None: a regular file or block device)."""
+    for test, what in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device")):
+        if test(mode):
+            return what
+    return None if stat.S_ISREG(mode) or stat.S_ISBLK(mode) else "not a regular file"
+
+
+def open_input(path: str | os.PathLike[str], *, allow_block: bool = True,
+               hint: str = "give the path of a raw disk image or block device") -> int:
+    """Open an input for reading without ever blocking on it; return the fd.
+
+    A FIFO (or a tty, a socket) would block ``open()`` or ``read()`` forever, and
+    opening some character devices has side effects, so the type is checked
+    with ``stat()`` before opening, and again on the open fd (the path may be
+    swapped in between).  ``O_NONBLOCK`` makes the open itself return at once
+    should a FIFO appear there anyway; it changes nothing for regular files
+    and block devices.  Every failure is an :class:`InputError` (exit 3).
+    """
+    name = os.fspath(path)
+    try:
+        before = os.stat(name)
+        what = _kind_of(before.st_mode)
+        if what is None and stat.S_ISBLK(before.st_mode) and not allow_block:
+            what = "a block device"
+        if what is not None:
+            raise InputError(f"{name}: is {what}, not a file that can be read", hint=hint)
+        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(name, flags)
+    except FileNotFoundError:
+        raise InputError(f"{name}: no such file or device", hint=hint) from None
+    except PermissionError:
+        raise InputError(f"{name}: permission denied",
+                         hint="reading it needs read permission (a block device needs root)") from None
+    except OSError as exc:
+        raise InputError(f"{name}: cannot open: {exc.strerror}", hint=hint) from None
+    try:
+        after = os.fstat(fd)
+        what = _kind_of(after.st_mode)
+        if what is None and stat.S_ISBLK(after.st_mode) and not allow_block:
+            what = "a block device"
+        if what is not None:
+            raise InputError(f"{name}: is {what}, not a file that can be read", hint=hint)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class ByteSource(Protocol):
@@ -69,28 +120,14 @@ class FileSource:
         self.name = os.fspath(path)
         self.bytes_read = 0
         self._offset = offset
-        try:
-            self._fd = os.open(self.name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except FileNotFoundError:
-            raise InputError(f"{self.name}: no such file or device",
-                             hint="give the path of a raw disk image or block device") from None
-        except PermissionError:
-            raise InputError(f"{self.name}: permission denied",
-                             hint="reading a block device needs root") from None
-        except OSError as exc:
-            raise InputError(f"{self.name}: cannot open: {exc.strerror}") from None
+        self._fd = open_input(self.name, allow_block=True)
         try:
             st = os.fstat(self._fd)
-            if stat.S_ISDIR(st.st_mode):
-                raise InputError(f"{self.name}: is a directory",
-                                 hint="give the path of a raw disk image or block device")
             if stat.S_ISREG(st.st_mode):
                 total = st.st_size
-            elif stat.S_ISBLK(st.st_mode):
+            else:
                 # st_size is 0 for block devices; seeking to the end gives the size.
                 total = os.lseek(self._fd, 0, os.SEEK_END)
-            else:
-                raise InputError(f"{self.name}: not a regular file or block device")
         except BaseException:
             os.close(self._fd)
             raise
@@ -212,28 +249,48 @@ class FileSource:
         self.close()
 
 
+@dataclass(frozen=True)
+class Unpacked:
+    size: int  # bytes written to dest
+    truncated: bool  # the image holds more than the limit: the rest was not unpacked
+
+
 def unpack_xz_sparse(path: str | os.PathLike[str], dest: str | os.PathLike[str],
-                     chunk: int = 1 << 20) -> None:
+                     chunk: int = 1 << 20, limit: int | None = None) -> Unpacked:
     """Stream an ``.xz`` disk image into ``dest`` as a sparse file (flat memory).
 
     Test fixtures and the bundled sample are xz-compressed raw images whose
     zeros compress to nothing; zero chunks become holes again on the way out.
+    ``limit`` bounds what is unpacked: a few hundred KiB of xz can expand to
+    terabytes (an xz bomb), and no reader looks past the largest device it
+    would parse, so decompression stops there instead of filling $TMPDIR.
     """
     import lzma
 
     zero = bytes(chunk)
+    written = 0
+    truncated = False
+    fd = open_input(path, allow_block=False, hint="give the path of an .xz disk image")
     try:
-        with lzma.open(path, "rb") as src, open(dest, "wb") as out:
+        with open(fd, "rb", closefd=True) as raw_in, lzma.open(raw_in, "rb") as src, \
+                open(dest, "wb") as out:
             while True:
-                block = src.read(chunk)
+                want = chunk if limit is None else min(chunk, limit - written)
+                if want <= 0:
+                    truncated = bool(src.read(1))  # one more byte tells "exactly" from "more"
+                    break
+                block = src.read(want)
                 if not block:
                     break
                 if block == zero[: len(block)]:
                     out.seek(len(block), os.SEEK_CUR)
                 else:
                     out.write(block)
+                written += len(block)
             out.truncate()
     except (lzma.LZMAError, EOFError) as exc:
         raise InputError(f"{os.fspath(path)}: not a valid .xz image ({exc})") from None
-    except FileNotFoundError:
-        raise InputError(f"{os.fspath(path)}: no such file") from None
+    except OSError as exc:  # EFBIG (RLIMIT_FSIZE), ENOSPC in $TMPDIR, a read error
+        raise InputError(f"{os.fspath(path)}: cannot unpack: {exc.strerror or exc}",
+                         hint="unpack it yourself (xz -dk) and parse the raw image") from None
+    return Unpacked(written, truncated)
