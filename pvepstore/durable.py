@@ -1,17 +1,20 @@
 """Crash-safe file operations: a file or directory is either absent or complete.
 
-Every write goes to a temporary name in the same directory, is fsynced, then
-renamed over the target, and the directory itself is fsynced so the rename
-survives a power cut (the pattern of rename(2)'s atomicity).
+Every write goes to a fresh temporary name in the same directory (created with
+``O_EXCL``), is fsynced, then renamed over the target, and the directory itself
+is fsynced so the rename survives a power cut (the pattern of rename(2)'s
+atomicity).  The primitives live in :mod:`pvepstore.safefs` and never follow a
+link: with ``base`` (pvepstore's state directory) every directory below it is
+opened ``O_NOFOLLOW`` and the base must not be writable by others.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from .safefs import Dir
 
 
 def fsync_dir(path: Path) -> None:
@@ -22,27 +25,27 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o640) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with _suppress():
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
+def open_dir(path: Path, base: Path | None = None, *, create: bool = True) -> Dir:
+    """The directory ``path``: below a private ``base`` no link is followed; without one,
+    ``path`` is an operator-given directory (followed) and only names in it are protected."""
+    path = Path(path)
+    if base is None:
+        return Dir.open(path, create=create, follow=True)
+    rel = path.relative_to(base)
+    with Dir.open(base, create=create, private=True) as root:
+        return root.walk(rel.parts, create=create)
 
 
-def write_json(path: Path, doc: object) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = 0o640, *, base: Path | None = None) -> None:
+    path = Path(path)
+    with open_dir(path.parent, base) as d:
+        d.replace_file(path.name, data, mode)
+
+
+def write_json(path: Path, doc: object, *, base: Path | None = None) -> None:
     # No indent: json's C encoder only runs without one (events carry kernel text, and a
     # sweep writes many); `pvepstore incidents show --json` pretty-prints for humans.
-    write_atomic(path, (dumps(doc) + "\n").encode())
+    write_atomic(path, (dumps(doc) + "\n").encode(), base=base)
 
 
 def dumps(doc: object) -> str:
@@ -50,36 +53,10 @@ def dumps(doc: object) -> str:
 
 
 def read_json(path: Path, default: object = None) -> object:
+    """A JSON file pvepstore wrote; a link or FIFO under that name is refused (InputError), never read."""
+    path = Path(path)
     try:
-        return json.loads(path.read_text())
+        with Dir.open(path.parent, follow=True) as d:
+            return json.loads(d.read_bytes(path.name))
     except FileNotFoundError:
         return default
-
-
-def publish_dir(build: Path, target: Path) -> bool:
-    """Rename a fully written and fsynced directory into place; False if ``target`` exists."""
-    for root, _dirs, files in os.walk(build):
-        for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(Path(root))
-    try:
-        os.rename(build, target)  # fails if target exists and is not empty
-    except OSError:
-        if target.is_dir():
-            shutil.rmtree(build, ignore_errors=True)
-            return False
-        raise
-    fsync_dir(target.parent)
-    return True
-
-
-class _suppress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return True

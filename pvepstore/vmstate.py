@@ -2,7 +2,9 @@
 
 One JSON object per VM; writers merge top-level keys (``provision``, ``boot_id``,
 ``archived``, ``planned_reboot`` ...) and never replace the file wholesale.
-Writes are atomic and durable.  :meth:`VmStateStore.locked` is pvepstore's own
+Writes are atomic and durable and never follow a link (:mod:`pvepstore.safefs`: the
+state directory, ``root``'s parent, must not be writable by others; ``vms/`` and the
+lock file are opened ``O_NOFOLLOW``).  :meth:`VmStateStore.locked` is pvepstore's own
 per-VM lock (one pvepstore operation per VM at a time); it is not PVE's config lock.
 """
 
@@ -14,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .durable import read_json, write_json
+from .durable import open_dir, read_json, write_json
 from .errors import VmBusyError
 
 
@@ -38,13 +40,13 @@ class VmStateStore:
 
     def update(self, vmid: int, **changes) -> dict:
         doc = {**self.load(vmid), **changes}
-        write_json(self.path(vmid), doc)
+        write_json(self.path(vmid), doc, base=self.root.parent)
         return doc
 
     @contextmanager
     def locked(self, vmid: int) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / f".{int(vmid)}.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+        with open_dir(self.root, self.root.parent) as d:
+            fd = d.lock_file(f".{int(vmid)}.lock")  # a planted link/FIFO is refused, never opened
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -17,9 +17,10 @@ incidents beyond a count per VM, an age, or a total size.
 from __future__ import annotations
 
 import hashlib
+import errno
 import json
-import shutil
-import tempfile
+import os
+import stat
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,7 +29,8 @@ from pathlib import Path
 from ..errors import InputError
 from ..pstore.model import Record
 from ..text import safe_filename
-from ..durable import dumps, publish_dir
+from ..durable import dumps, open_dir
+from ..safefs import Dir, kind
 
 
 @dataclass(frozen=True)
@@ -76,36 +78,44 @@ class Archive:
 
     def store(self, vmid: int, event: dict, evidence: list[dict], records: list[Record],
               source: str) -> tuple[ArchivedIncident, bool]:
-        """Archive an incident (idempotent by event id); returns (incident, newly written)."""
+        """Archive an incident (idempotent by event id); returns (incident, newly written).
+
+        No link is followed (:mod:`pvepstore.safefs`): the state directory must be private,
+        ``archive/<vmid>/`` is opened ``O_NOFOLLOW``, the incident is built in a fresh
+        ``mkdir``-ed directory with ``O_EXCL`` files and published with one rename.
+        """
         existing = self.find(event["id"], vmid)
         if existing is not None:
             return existing, False
         stamp = datetime.fromisoformat(event["time"].replace("Z", "+00:00")).astimezone(timezone.utc)
         name = f"{stamp.strftime('%Y%m%dT%H%M%SZ')}-{event['id'][:12]}"
-        vm_dir = self._vm_dir(vmid)
-        vm_dir.mkdir(parents=True, exist_ok=True)
-        build = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=vm_dir))
-        try:
-            (build / "records").mkdir()
-            index = []
-            used: set[str] = set()
-            for rec in records:
-                fname = safe_filename(rec.name)
-                while fname in used:  # two hostile names that sanitise alike
-                    fname = "_" + fname
-                used.add(fname)
-                (build / "records" / fname).write_bytes(rec.data)
-                index.append({"name": rec.name, "file": fname, "sha256": hashlib.sha256(rec.data).hexdigest(),
-                              "size": len(rec.data), "erased": rec.erased})
-            (build / "records.json").write_text(dumps({"source": source, "records": index}))
-            (build / "evidence.json").write_text(dumps(evidence))
-            (build / "incident.json").write_text(dumps(event))
-            build.chmod(0o750)
-            target = vm_dir / name
-            fresh = publish_dir(build, target)
-        except BaseException:
-            shutil.rmtree(build, ignore_errors=True)
-            raise
+        target = self._vm_dir(vmid) / name
+        with open_dir(self._vm_dir(vmid), self.root.parent) as vm_dir:
+            build_name = vm_dir.mkdtemp(f".{name}.")
+            try:
+                with vm_dir.sub(build_name, create=False) as build:
+                    with build.sub("records") as rdir:
+                        index = []
+                        used: set[str] = set()
+                        for rec in records:
+                            fname = safe_filename(rec.name)
+                            while fname in used:  # two hostile names that sanitise alike
+                                fname = "_" + fname
+                            used.add(fname)
+                            rdir.create_file(fname, rec.data)
+                            index.append({"name": rec.name, "file": fname,
+                                          "sha256": hashlib.sha256(rec.data).hexdigest(),
+                                          "size": len(rec.data), "erased": rec.erased})
+                        rdir.fsync()
+                    build.create_file("records.json", dumps({"source": source, "records": index}).encode())
+                    build.create_file("evidence.json", dumps(evidence).encode())
+                    build.create_file("incident.json", dumps(event).encode())
+                    os.fchmod(build.fd, 0o750)
+                    build.fsync()
+                fresh = _publish(vm_dir, build_name, name)
+            except BaseException:
+                vm_dir.rmtree(build_name)
+                raise
         return ArchivedIncident(int(vmid), target), fresh
 
     def list(self, vmid: int | None = None, since: datetime | None = None) -> list[ArchivedIncident]:
@@ -151,7 +161,7 @@ class Archive:
             stamp = datetime.strptime(inc.key.split("-")[0], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
             if stamp.timestamp() < cutoff:
                 doomed.add(inc.path)
-        sizes = {i.path: sum(f.stat().st_size for f in i.path.rglob("*") if f.is_file()) for i in everything}
+        sizes = {i.path: self._size(i) for i in everything}
         total = sum(s for p, s in sizes.items() if p not in doomed)
         for inc in sorted(everything, key=lambda i: i.key.split("-")[0]):
             if total <= policy.max_total_mib << 20:
@@ -160,6 +170,52 @@ class Archive:
                 doomed.add(inc.path)
                 total -= sizes[inc.path]
         for path in sorted(doomed):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
+            if self._remove(path):
+                removed.append(path)
         return removed
+
+    # Pruning walks and removes through directory fds (no link followed): a symlinked
+    # archive/<vmid> is never entered, a link inside an incident is removed, not followed.
+    def _vm_fd_dir(self, vm_name: str) -> Dir | None:
+        try:
+            return open_dir(self.root / vm_name, self.root.parent, create=False)
+        except (OSError, InputError):
+            return None
+
+    def _size(self, inc: ArchivedIncident) -> int:
+        d = self._vm_fd_dir(inc.path.parent.name)
+        if d is None:
+            return 0
+        with d:
+            try:
+                return d.tree_size(inc.path.name)
+            except OSError:
+                return 0
+
+    def _remove(self, path: Path) -> bool:
+        d = self._vm_fd_dir(path.parent.name)
+        if d is None:
+            return False
+        with d:
+            try:
+                d.rmtree(path.name)
+            except OSError:
+                return False
+        return True
+
+
+def _publish(vm_dir: Dir, build: str, name: str) -> bool:
+    """Rename the built incident into place; False if it is already there (a real directory)."""
+    try:
+        vm_dir.rename(build, name)
+    except OSError as exc:
+        st = vm_dir.lstat(name)
+        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY) and st is not None and stat.S_ISDIR(st.st_mode):
+            vm_dir.rmtree(build)
+            return False
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            raise InputError(f"refusing to publish {vm_dir.path / name}: it is {kind(st)}",
+                             hint="something other than pvepstore created it; remove it") from None
+        raise
+    vm_dir.fsync()
+    return True

@@ -7,6 +7,11 @@ later event until the failed one went through.  Other sinks carry on.  An
 event leaves the outbox (a ``done/<id>`` marker remains) once every sink has
 it.  Event ids are deterministic, so a delivery repeated after a crash between
 "sent" and "recorded as sent" is recognisable as a duplicate by the receiver.
+
+Files are written without following links (:mod:`pvepstore.safefs`): the state
+directory (``root``'s parent) must not be writable by others, ``outbox/``,
+``done/`` and ``sinks/`` are opened ``O_NOFOLLOW``, each file is replaced by
+rename, and a marker is created ``O_EXCL`` (an existing entry is never opened).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
-from ..durable import fsync_dir, read_json, write_json
+from ..durable import open_dir, read_json, write_json
 
 BACKOFF_BASE = 30.0  # seconds after the first failure; doubles up to BACKOFF_MAX
 BACKOFF_MAX = 3600.0
@@ -44,6 +49,7 @@ class Outbox:
         self.clock = clock
         self.done = root / "done"
         self.sink_state = root / "sinks"
+        self.base = root.parent  # the state directory: private, the base of every write
 
     def _entries(self) -> list[Path]:
         if not self.root.is_dir():
@@ -57,13 +63,12 @@ class Outbox:
         """Spool an event for ``sinks`` (idempotent by event id); False if already spooled."""
         if self.contains(event["id"]):
             return False
-        self.root.mkdir(parents=True, exist_ok=True)
         seq = time.time_ns()
         last = self._entries()
         if last:
             seq = max(seq, int(last[-1].name.split("-")[0]) + 1)
         write_json(self.root / f"{seq:020d}-{event['id']}.json",
-                   {"event": event, "pending": list(sinks), "attempts": {}})
+                   {"event": event, "pending": list(sinks), "attempts": {}}, base=self.base)
         return True
 
     def pending(self) -> list[dict]:
@@ -102,28 +107,30 @@ class Outbox:
             if still:
                 if still != entry["pending"] or report.failed:
                     entry["pending"] = still
-                    write_json(path, entry)
+                    write_json(path, entry, base=self.base)
                 report.pending += 1
             else:
                 self._finish(path, event["id"])
         return report
 
     def _finish(self, path: Path, event_id: str) -> None:
-        self.done.mkdir(parents=True, exist_ok=True)
-        marker = self.done / event_id
-        marker.touch()
-        fsync_dir(self.done)
-        os.unlink(path)
-        fsync_dir(self.root)
+        with open_dir(self.done, self.base) as done:
+            done.touch_new(event_id)  # O_EXCL: a planted link or FIFO is replaced, never opened
+            done.fsync()
+        with open_dir(self.root, self.base) as spool:
+            spool.unlink(path.name)
+            spool.fsync()
 
     def _backoff(self, name: str, now: float, error: str) -> None:
         path = self.sink_state / f"{name}.json"
         state = read_json(path, {}) or {}
         failures = state.get("failures", 0) + 1
         delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (failures - 1))
-        write_json(path, {"failures": failures, "next_try": now + delay, "last_error": error[:300]})
+        write_json(path, {"failures": failures, "next_try": now + delay, "last_error": error[:300]},
+                   base=self.base)
 
     def _reset(self, name: str) -> None:
         path = self.sink_state / f"{name}.json"
-        if path.exists():
-            os.unlink(path)
+        if os.path.lexists(path):
+            with open_dir(self.sink_state, self.base) as d:
+                d.unlink(path.name)

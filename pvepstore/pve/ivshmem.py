@@ -29,18 +29,20 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from ..config import Config
-from ..errors import InputError, PveError
+from ..durable import write_atomic
+from ..errors import InputError, PveError, PvepstoreError
 from ..hostpaths import HostPaths
 from ..pstore import BytesSource, ParseResult, RamoopsParams, read_ramoops
 from ..pstore.model import Record
 from ..pstore.ramoops import PRZ_HEADER
+from ..safefs import Dir, kind, trusted_uids
 from . import state
 
 HOOK_NAME = "pvepstore-hook-{vmid}.sh"
@@ -77,53 +79,72 @@ def run_hook(cfg: Config, vmid: int, phase: str) -> list[str]:
     actions: list[str] = []
     try:
         _keep_records(cfg, vmid, phase, actions)
-    except OSError as exc:
+    except (OSError, PvepstoreError) as exc:
         # A failing pvepstore must never keep a VM from starting: say it, carry on.
         actions.append(f"failed: {exc}")
     return actions
 
 
+# Links and copies in /dev/shm (world-writable, sticky) and the state directory never
+# follow a link: every name is handled relative to a directory fd (safefs), a source is
+# used only if lstat says it is a regular file owned by root (sticky: nobody else can
+# then swap it), links are made with linkat without AT_SYMLINK_FOLLOW and land under a
+# fresh name renamed into place, so a planted symlink/FIFO/file is replaced, not followed.
+
+def _shm_dir(paths: HostPaths) -> Dir:
+    return Dir.open(paths.ivshmem_file("x").parent, follow=True)  # /dev/shm: a system path
+
+
+def _state_dir(cfg: Config) -> Dir:
+    return Dir.open(Path(cfg.state_dir), create=True, private=True)
+
+
+def _root_file(d: Dir, name: str) -> os.stat_result | None:
+    """lstat ``name``: None if absent; refused unless a regular file owned by root."""
+    st = d.lstat(name)
+    if st is None:
+        return None
+    if not stat.S_ISREG(st.st_mode) or st.st_uid not in trusted_uids():
+        raise InputError(f"refusing {d.path / name}: it is {kind(st)} owned by uid {st.st_uid}",
+                         hint="it was not created by QEMU or pvepstore; remove it")
+    return st
+
+
 def _keep_records(cfg: Config, vmid: int, phase: str, actions: list[str]) -> None:
-    paths = cfg.paths
     name = shm_name(vmid)
-    live, keep = paths.ivshmem_file(name), paths.ivshmem_keep(name)
-    if phase == "pre-start":
-        if not live.exists():
-            if keep.exists():
-                os.link(keep, live)
-                actions.append(f"relinked {keep.name} as {live.name}")
-            elif durable_copy(cfg, vmid).exists():
-                _copy_file(durable_copy(cfg, vmid), live)
-                actions.append(f"restored {live.name} from {durable_copy(cfg, vmid)}")
-    elif phase == "post-start":
-        if live.exists() and not (keep.exists() and os.path.samefile(live, keep)):
-            keep.unlink(missing_ok=True)
-            os.link(live, keep)
-            actions.append(f"linked {live.name} as {keep.name}")
-    elif phase == "post-stop":
-        if keep.exists():
-            _copy_file(keep, durable_copy(cfg, vmid), durable=True)
-            actions.append(f"saved {keep.name} to {durable_copy(cfg, vmid)}")
-
-
-def _copy_file(src: Path, dst: Path, durable: bool = False) -> None:
-    size = src.stat().st_size
-    if size > MAX_SHM:
-        raise InputError(f"{src} is {size} bytes: not a pvepstore ivshmem file")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    with open(src, "rb") as f, open(tmp, "wb") as g:
-        shutil.copyfileobj(f, g)
-        g.flush()
-        if durable:
-            os.fsync(g.fileno())
-    os.replace(tmp, dst)
-    if durable:
-        fd = os.open(dst.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    live, keep = cfg.paths.ivshmem_file(name).name, cfg.paths.ivshmem_keep(name).name
+    durable = durable_copy(cfg, vmid)
+    if phase not in ("pre-start", "post-start", "post-stop"):
+        return
+    with _shm_dir(cfg.paths) as shm:
+        if phase == "pre-start":
+            if shm.lstat(live) is not None:
+                return
+            if _root_file(shm, keep) is not None:
+                shm.link_replace(keep, live)
+                actions.append(f"relinked {keep} as {live}")
+            else:
+                with _state_dir(cfg) as state_dir, state_dir.sub("ivshmem") as d:
+                    if d.lstat(durable.name) is None:
+                        return
+                    data = d.read_bytes(durable.name, limit=MAX_SHM, owned=True)
+                shm.replace_file(live, data, 0o600)
+                actions.append(f"restored {live} from {durable}")
+        elif phase == "post-start":
+            st = _root_file(shm, live)
+            if st is None:
+                return
+            kept = shm.lstat(keep)
+            if kept is None or (kept.st_dev, kept.st_ino) != (st.st_dev, st.st_ino):
+                shm.link_replace(live, keep)
+                actions.append(f"linked {live} as {keep}")
+        elif phase == "post-stop":
+            if _root_file(shm, keep) is None:
+                return
+            data = shm.read_bytes(keep, limit=MAX_SHM, owned=True)
+            with _state_dir(cfg) as state_dir, state_dir.sub("ivshmem") as d:
+                d.replace_file(durable.name, data, 0o600)
+            actions.append(f"saved {keep} to {durable}")
 
 
 def snippet_path(paths: HostPaths, volid: str) -> Path:
@@ -159,12 +180,8 @@ def install_hookscript(cfg: Config, storeid: str, program: str | Sequence[str], 
             raise PveError(f"VM {vmid}'s hookscript {chain} does not exist at {chained}",
                            hint="fix or remove the VM's hookscript first; pvepstore will not drop it")
         text += CHAIN_TEMPLATE.format(volid=chain, path=shlex.quote(str(chained)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists() or path.read_text() != text:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        tmp.chmod(0o755)
-        os.replace(tmp, path)
+    if not path.is_file() or path.read_text() != text:
+        write_atomic(path, text.encode(), 0o755)  # fresh O_EXCL temp + rename: a planted link is replaced
     return volid
 
 
@@ -187,17 +204,20 @@ def read_image(cfg: Config, vmid: int, attempts: int = 5) -> IvshmemImage:
     name = shm_name(vmid)
     for source, path in (("live", paths.ivshmem_file(name)), ("keep", paths.ivshmem_keep(name)),
                          ("durable", durable_copy(cfg, vmid))):
-        if not path.exists():
+        fd = _open_root_file(path)
+        if fd is None:
             continue
-        size = path.stat().st_size
-        if size > MAX_SHM:
-            raise InputError(f"{path} is {size} bytes: not a pvepstore ivshmem file")
-        previous = None
-        for _ in range(attempts):  # the guest may be writing: two equal reads make a snapshot
-            data = path.read_bytes()
-            if data == previous:
-                return IvshmemImage(data, source, path)
-            previous = data
+        with os.fdopen(fd, "rb") as f:
+            size = os.fstat(fd).st_size
+            if size > MAX_SHM:
+                raise InputError(f"{path} is {size} bytes: not a pvepstore ivshmem file")
+            previous = None
+            for _ in range(attempts):  # the guest may be writing: two equal reads make a snapshot
+                f.seek(0)
+                data = f.read(MAX_SHM)
+                if data == previous:
+                    return IvshmemImage(data, source, path)
+                previous = data
         return IvshmemImage(previous, source, path)  # still changing: the newest read
     raise InputError(f"VM {vmid} has no ivshmem records file ({paths.ivshmem_file(name)})",
                      hint="the VM was never started with the ivshmem backend, or the host rebooted "
@@ -214,7 +234,10 @@ def parse_image(cfg: Config, vmid: int, image: IvshmemImage) -> ParseResult:
 def clear_records(cfg: Config, vmid: int, image: IvshmemImage, records: Sequence[Record]) -> list[str]:
     """Zap the zones of ``records`` (ramoops erase: start = size = 0) if they are unchanged."""
     done = []
-    with open(image.path, "r+b") as f:
+    fd = _open_root_file(image.path, os.O_RDWR)
+    if fd is None:
+        return done
+    with os.fdopen(fd, "r+b") as f:
         for rec in records:
             length = PRZ_HEADER.size + _zone_used(image.data, rec.offset)
             f.seek(rec.offset)
@@ -228,6 +251,17 @@ def clear_records(cfg: Config, vmid: int, image: IvshmemImage, records: Sequence
         f.flush()
         os.fsync(f.fileno())
     return done
+
+
+def _open_root_file(path: Path, flags: int = os.O_RDONLY) -> int | None:
+    """An fd on ``path`` if it is a regular file owned by root; None if absent (links refused)."""
+    try:
+        with Dir.open(path.parent, follow=True) as d:
+            if d.lstat(path.name) is None:
+                return None
+            return d.open_regular(path.name, flags, owned=True)
+    except FileNotFoundError:
+        return None
 
 
 def _zone_used(data: bytes, offset: int) -> int:
