@@ -63,9 +63,7 @@ class Guest:
 
     def apply(self, plan: Plan, dry_run: bool = False) -> ApplyResult:
         """Carry out a plan (one command).  Refuses blocked plans; a changed guest aborts untouched."""
-        if plan.blockers:
-            raise GuestError(f"{self.where}: {plan.blockers[0].message}",
-                             hint=plan.blockers[0].fix or "see `pvepstore guest probe`")
+        refuse_blocked(plan, self.where)
         return self._change(plan, dry_run)
 
     def undo(self, dry_run: bool = False, report: ProbeReport | None = None,
@@ -106,11 +104,12 @@ class Guest:
                 out.mismatches.append(f"{vals[0]} changed since the probe")
         if out.failures:
             out.ok = False
-        if res.exit == 75:
-            raise GuestError(f"{self.where}: another pvepstore run holds the guest's lock")
-        if res.exit == 3:
-            raise GuestError(f"{self.where}: the guest changed since the probe ({'; '.join(out.mismatches)}); "
-                             "nothing was changed", hint="probe and plan again")
+        if res.exit in (3, 75):
+            err = GuestError(f"{self.where}: another pvepstore run holds the guest's lock" if res.exit == 75 else
+                             f"{self.where}: the guest changed since the probe ({'; '.join(out.mismatches)}); "
+                             "nothing was changed", hint=None if res.exit == 75 else "probe and plan again")
+            err.unchanged = True  # the guest script refused before its first change: callers may roll back
+            raise err
         if res.exit == 4:
             raise GuestError(f"{self.where}: {plan.kind} stopped half-way: {'; '.join(out.failures) or res.err_line()}",
                              hint="`pvepstore guest undo` restores what was changed")
@@ -186,6 +185,15 @@ class Guest:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def refuse_blocked(plan: Plan, where: str) -> None:
+    """A plan with blockers is never applied (provision checks this before its first API write)."""
+    blockers = getattr(plan, "blockers", None) or []
+    if blockers:
+        err = GuestError(f"{where}: {blockers[0].message}", hint=blockers[0].fix or "see `pvepstore guest probe`")
+        err.unchanged = True
+        raise err
 
 
 @contextmanager

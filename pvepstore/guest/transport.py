@@ -122,6 +122,10 @@ class SshTransport:
     def connect(cls, target: GuestTarget) -> "SshTransport":
         import paramiko
 
+        from ..liblog import quiet_library_logs
+
+        quiet_library_logs()  # paramiko's transport thread would print a traceback per failed attempt
+
         key_path = Path(target.key_file)
         if not key_path.is_file():
             raise GuestError(f"{target.where}: SSH key {key_path} does not exist",
@@ -156,7 +160,8 @@ class SshTransport:
             if isinstance(exc, paramiko.AuthenticationException):
                 raise GuestError(f"{target.where}: authentication with {key_path} refused",
                                  hint="install the public key in the guest user's authorized_keys") from None
-            raise GuestError(f"{target.where}: SSH failed: {exc}") from None
+            raise GuestError(f"{target.where}: SSH failed: {_said(exc)}",
+                             hint="is the guest's sshd up (it may still be booting)?") from None
         except (socket.timeout, TimeoutError):
             client.close()
             raise GuestError(f"{target.where}: connection timed out after {target.connect_timeout:g} s",
@@ -214,7 +219,7 @@ class SshTransport:
         except GuestError:
             raise
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise GuestError(f"{self.target.where}: command {name} failed: {exc}",
+            raise GuestError(f"{self.target.where}: command {name} failed: {_said(exc)}",
                              hint="the SSH connection broke; is the guest still running?") from None
         result = CommandResult(status, bytes(out), bytes(err), truncated)
         if self.target.needs_sudo and result.exit == 1 and b"sudo:" in result.stderr[:200]:
@@ -226,6 +231,14 @@ class SshTransport:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+def _said(exc: BaseException) -> str:
+    """An exception's text as one bounded, terminal-safe line (paramiko quotes what the peer sent)."""
+    from ..text import terminal_safe
+
+    text = " ".join(str(exc)[:800].split())
+    return terminal_safe(text[:200]) or type(exc).__name__
 
 
 class _TofuPolicy:

@@ -31,9 +31,12 @@ from ..pve import state
 from ..pve.address import GuestAddress, resolve_address
 from ..pve.api import PveApi, connect as api_connect
 from ..pve.commands import CommandRunner
-from ..pve.disks import DetachResult, DiskResult, detach_disk, ensure_disk, inspect
+from ..pve.disks import (DetachResult, DiskPlan, DiskResult, apply_disk, detach_disk, ensure_disk, inspect,
+                         plan_disk, undo_attach)
 from ..pve import ivshmem
 from ..pve.inventory import in_scope, list_vms, local_node, locate
+from . import preflight
+from .preflight import Priv
 
 GuestConnect = Callable[[Any], AbstractContextManager]
 
@@ -69,6 +72,7 @@ class Context:
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.time
     hook_program: Callable[[Config], list[str]] = lambda cfg: hook_program(cfg)  # noqa: E731
+    progress: Callable[[str], None] = lambda text: None  # noqa: E731  (the CLI: one line on stderr)
 
 
 def make_context(cfg: Config, *, dry_run: bool = False, **kw) -> Context:
@@ -167,9 +171,25 @@ def _running(api: PveApi, node: str, vmid: int) -> bool:
     return api.get(f"nodes/{node}/qemu/{vmid}/status/current").get("status") == "running"
 
 
+def token_id(cfg: Config) -> str | None:
+    return f"{cfg.api.user}!{cfg.api.token_name}" if cfg.api.backend == "https" else None
+
+
+def _hotplugs_disks(config: dict) -> bool:
+    value = str(config.get("hotplug", "network,disk,usb")).strip()
+    return value == "1" or "disk" in value.split(",")
+
+
+def _where(guest: Any, vmid: int) -> str:
+    return getattr(guest, "where", None) or f"VM {vmid}"
+
+
 def provision(ctx: Context, vmid: int, *, dry_run: bool = False, reboot: bool = False,
               backend: str | None = None, restart: bool = False,
               hook_storage: str | None = None) -> "ProvisionResult | IvshmemProvisionResult":
+    """Checks first (reads only: privileges, storage, lock, the guest and its probe), then the
+    one disk write, then the guest.  A failure after the write takes the disk back (see
+    :mod:`.preflight`) unless the guest may already use it; ``dry_run`` runs the same checks."""
     cfg, api = ctx.cfg, ctx.api
     api.dry_run = dry_run
     vm_cfg = cfg.for_vm(vmid)
@@ -181,34 +201,66 @@ def provision(ctx: Context, vmid: int, *, dry_run: bool = False, reboot: bool = 
         raise UsageError(f"unknown backend {backend!r}", hint="pstore_blk or ivshmem")
     if restart:
         raise UsageError("--restart is for the ivshmem backend", hint="pstore_blk uses --reboot")
+    from ..guest.session import refuse_blocked  # the guest side; imported when first needed
+
     vm = locate(api, vmid)
-    disk = ensure_disk(api, vm.node, vmid, vm_cfg.disk, state.known_volids(cfg, vmid))
-    res = ProvisionResult(vmid, vm.node, dry_run, disk)
+    node = vm.node
+    known = state.known_volids(cfg, vmid)
+    dplan = plan_disk(api, node, vmid, vm_cfg.disk, known)
+    preflight.check_not_locked(dplan.view.config, vmid)
+    running = _running(api, node, vmid)
+    needs = preflight.Needs()
+    needs.add(f"/vms/{vmid}", Priv.VM_AUDIT, "read the VM's config")
+    if dplan.done is None:
+        needs.add(f"/vms/{vmid}", Priv.VM_CONFIG_DISK, "attach the pstore disk")
+    if dplan.allocates:
+        needs.add(f"/storage/{dplan.storage}", Priv.DATASTORE_ALLOCATE, "allocate the pstore disk")
+    pending_after = (dplan.done.pending if dplan.done else not _hotplugs_disks(dplan.view.config))
+    if reboot and running and pending_after:
+        needs.add(f"/vms/{vmid}", Priv.VM_POWER, "reboot through the API so the pending disk is attached")
+    preflight.check_privileges(api, needs, token_id(cfg))
+    if dplan.allocates:
+        preflight.check_storage(api, node, dplan.storage, vm_cfg.disk.size_mib << 20, vmid)
+    res = ProvisionResult(vmid, node, dry_run, dplan.done or DiskResult("planned-" + dplan.action, dplan.slot,
+                                                                          dplan.volid, dplan.storage))
+    res.running = running
     blk = {"kmsg_size": cfg.pstore_blk.kmsg_size, "pmsg_size": 0, "console_size": 0, "ftrace_size": 0,
            "nr_cpus": 1, "cap_128m": True}
-    if not dry_run and disk.volid:
-        old = state.provision_record(cfg, vmid)
-        olds = sorted({*old.get("old_volids", []), old.get("volid")} - {None, disk.volid})
-        state.update(cfg, vmid, provision={"volid": disk.volid, "key": disk.key, "serial": vm_cfg.disk.serial,
-                                           "node": vm.node, "pending": disk.pending, "blk_params": blk,
-                                           "max_reason": cfg.pstore_blk.max_reason, "old_volids": olds,
-                                           "at": ctx.clock()})
+    journal = preflight.Journal()
+    committed = False  # the guest is configured: from here on nothing is taken back
+    resume = f"`pvepstore provision {vmid}` resumes (it finds the disk and never allocates a second one)"
     try:
-        res.running = _running(api, vm.node, vmid)
-        if not res.running:
+        if not running:
+            # nothing in a stopped guest can be checked: the disk is attached, the guest waits for a start
+            _attach(ctx, vmid, node, dplan, res, blk, journal)
             res.problems.append(f"VM {vmid} is not running: the guest was not configured; start it and run "
                                 f"`pvepstore provision {vmid}` again")
             return res
-        config = api.get(f"nodes/{vm.node}/qemu/{vmid}/config")
-        res.address = resolve_address(api, vm.node, vmid, vm_cfg.ssh, config)
+        config = api.get(f"nodes/{node}/qemu/{vmid}/config")
+        res.address = resolve_address(api, node, vmid, vm_cfg.ssh, config)
         target = ctx.make_target(vm_cfg.ssh, res.address.host, vmid)
-        with ctx.guest_connect(target) as guest:
+        with ctx.guest_connect(target) as guest:  # unreachable, host key unknown or wrong: nothing written
             res.probe = guest.probe(serial=vm_cfg.disk.serial, disk_bytes=vm_cfg.disk.size_mib << 20)
             plan = guest.plan(res.probe, kmsg_size=cfg.pstore_blk.kmsg_size, max_reason=cfg.pstore_blk.max_reason)
+            refuse_blocked(plan, _where(guest, vmid))
+            _attach(ctx, vmid, node, dplan, res, blk, journal)
+            if journal.steps and not res.disk.pending:
+                # the guest sees the new disk now: plan from what it sees
+                res.probe = guest.probe(serial=vm_cfg.disk.serial, disk_bytes=vm_cfg.disk.size_mib << 20)
+                plan = guest.plan(res.probe, kmsg_size=cfg.pstore_blk.kmsg_size,
+                                  max_reason=cfg.pstore_blk.max_reason)
+                refuse_blocked(plan, _where(guest, vmid))
             res.plan = list(plan.describe())
-            res.applied = guest.apply(plan, dry_run=dry_run)
+            try:
+                res.applied = guest.apply(plan, dry_run=dry_run)
+            except GuestError as exc:
+                # a guest script that stopped half-way may already use the disk: keep it then
+                raise journal.fail(exc, keep=not getattr(exc, "unchanged", False), resume=resume) from None
+            committed = True
+            if not dry_run and not getattr(plan, "empty", False):
+                journal.did("the guest configured for pstore_blk")
             settings = getattr(plan, "settings", None)
-            if not dry_run and disk.volid and isinstance(settings, dict):
+            if not dry_run and res.disk.volid and isinstance(settings, dict):
                 # The layout the guest's kernel uses: pmsg/console zones exist where it has those
                 # frontends, and they come BEFORE the dmesg zones -- the offline reader must know.
                 blk.update({k: settings[k] for k in ("kmsg_size", "pmsg_size", "console_size")
@@ -217,28 +269,51 @@ def provision(ctx: Context, vmid: int, *, dry_run: bool = False, reboot: bool = 
             if dry_run:
                 if reboot:
                     res.plan.append("reboot the VM" + (" through the API (applies the pending disk)"
-                                                       if disk.pending or disk.action.startswith("planned")
+                                                       if res.disk.pending or res.disk.action.startswith("planned")
                                                        else "") + " and verify")
                 return res
             if not reboot:
                 res.verify = guest.verify(serial=vm_cfg.disk.serial)
         if reboot:
-            _reboot_and_wait(ctx, vm.node, vmid, target, via_api=disk.pending,
+            resume = f"`pvepstore provision {vmid} --reboot` resumes"
+            _reboot_and_wait(ctx, node, vmid, target, via_api=res.disk.pending,
                              old_boot=getattr(res.probe, "boot_id", "") or "")
             res.rebooted = True
-            if disk.pending:
-                res.disk = ensure_disk(api, vm.node, vmid, vm_cfg.disk, state.known_volids(cfg, vmid))
+            if res.disk.pending:
+                res.disk = ensure_disk(api, node, vmid, vm_cfg.disk, state.known_volids(cfg, vmid))
             with ctx.guest_connect(target) as guest:
                 res.verify = guest.verify(serial=vm_cfg.disk.serial)
         if res.verify is not None and not dry_run:
             _remember_verify(ctx, vmid, res.verify)
-    except GuestError as exc:
-        if not dry_run:
-            raise
-        res.problems.append(f"guest not reached, its changes cannot be shown: {exc.message}")
+    except PvepstoreError as exc:
+        raise journal.fail(exc, keep=committed, resume=resume) from None
     finally:
         res.api_calls = list(api.planned if dry_run else api.done)
     return res
+
+
+def _attach(ctx: Context, vmid: int, node: str, dplan: DiskPlan, res: ProvisionResult, blk: dict,
+            journal: preflight.Journal) -> None:
+    """The first write: attach the disk, record it, and journal how to take it back."""
+    cfg, api = ctx.cfg, ctx.api
+    vm_cfg = cfg.for_vm(vmid)
+    old = state.provision_record(cfg, vmid)
+    res.disk = apply_disk(api, node, vmid, vm_cfg.disk, state.known_volids(cfg, vmid), dplan)
+    if api.dry_run or not res.disk.volid:
+        return
+    if dplan.done is None:
+        disk = res.disk
+
+        def undo() -> str:
+            done = undo_attach(api, node, vmid, disk)
+            _restore_record(cfg, vmid, old)
+            return done
+        journal.did(f"{disk.key} = {disk.volid} attached" + (" (PENDING)" if disk.pending else ""), undo)
+    olds = sorted({*old.get("old_volids", []), old.get("volid")} - {None, res.disk.volid})
+    state.update(cfg, vmid, provision={"volid": res.disk.volid, "key": res.disk.key, "serial": vm_cfg.disk.serial,
+                                       "node": node, "pending": res.disk.pending, "blk_params": blk,
+                                       "max_reason": cfg.pstore_blk.max_reason, "old_volids": olds,
+                                       "at": ctx.clock()})
 
 
 def _remember_verify(ctx: Context, vmid: int, verify: Any) -> None:
@@ -259,6 +334,9 @@ def _reboot_and_wait(ctx: Context, node: str, vmid: int, target, *, via_api: boo
 
 
 def _wait_new_boot(ctx: Context, vmid: int, target, old_boot: str) -> None:
+    """Poll over SSH until the guest answers with a new boot id; failed attempts are expected
+    (sshd is down while it reboots) and say nothing -- the wait is announced once."""
+    ctx.progress(f"waiting for VM {vmid}'s guest to come back over SSH (up to {ctx.reboot_timeout:.0f} s)...")
     deadline = ctx.clock() + ctx.reboot_timeout
     last: Exception | None = None
     while ctx.clock() < deadline:
@@ -481,8 +559,87 @@ class IvshmemProvisionResult:
         return out + _report_lines(self, done=done)
 
 
+def _refusal(exc: PveError, vmid: int, params: dict, volid: str, snippet: Path, ivshmem_opt: str) -> PveError:
+    """The hint that follows from what Proxmox said when it refused the ivshmem/hookscript write."""
+    said = getattr(exc, "text", "") or exc.message
+    errors = getattr(exc, "errors", {}) or {}
+    what = " and ".join(params)
+    if "only root can set" in said:
+        return PveError(f"VM {vmid}: Proxmox refused {what}: {exc.message}",
+                        hint=ROOT_HINT.format(vmid=vmid, volid=volid, ivshmem=ivshmem_opt))
+    if "does not exist" in str(errors.get("hookscript", "")):
+        return PveError(f"VM {vmid}: Proxmox refused {what}: {exc.message}",
+                        hint=SNIPPET_HINT.format(volid=volid, path=snippet, storage=volid.split(":", 1)[0]))
+    return exc
+
+
+SNIPPET_HINT = ("pvepstore wrote the hookscript to {path}, but Proxmox does not find {volid} there: the path "
+                "of storage {storage} in storage.cfg (under host_root) must be the directory Proxmox itself "
+                "uses; compare with `pvesm path {volid}`")
+
+
+def _check_root_rule(cfg: Config, api: PveApi, vmid: int, params: dict, volid: str, ivshmem_opt: str) -> None:
+    """Proxmox lets only root@pam set hookscript/ivshmem: a token of another user is refused for
+    certain, so say it before writing anything (root@pam's own token: Proxmox decides, and a
+    refusal is rolled back)."""
+    if not params or api.backend == "local" or cfg.api.user == "root@pam":
+        return
+    raise PveError(f"VM {vmid}: Proxmox lets only root@pam set {' and '.join(params)}, and the API token is "
+                   f"{token_id(cfg)}; nothing was changed",
+                   hint=ROOT_HINT.format(vmid=vmid, volid=volid, ivshmem=ivshmem_opt))
+
+
+def _undo_options(api: PveApi, path: str, before: dict, current_before: dict, params: dict) -> str:
+    """Put the options this run set back as they were (with the digest of what it wrote)."""
+    conf = dict(api.get(path))
+    now_current = dict(api.get(path, current=1))
+    digest = conf.pop("digest", "")
+    sets, deletes, reverts = {}, [], []
+    for key in params:
+        if conf.get(key) != params[key]:
+            continue  # changed by someone else since: not ours to take back
+        if now_current.get(key) != conf.get(key) and current_before.get(key) == before.get(key):
+            reverts.append(key)  # only pending (the running QEMU): drop the pending change
+        elif before.get(key) is None:
+            deletes.append(key)
+        else:
+            sets[key] = before[key]
+    if sets or deletes or reverts:
+        api.run_task("POST", path, why="roll back what this provision set", digest=digest,
+                     delete=",".join(deletes) or None, revert=",".join(reverts) or None, **sets)
+    back = [f"{k} back to {before[k]}" for k in sets] + [f"{k} removed" for k in deletes + reverts]
+    return "VM config: " + (", ".join(back) if back else "nothing to take back")
+
+
+def _restore_record(cfg: Config, vmid: int, before: dict) -> str:
+    state.update(cfg, vmid, provision=before or None)
+    return "the per-VM state as it was"
+
+
+def _snapshot_file(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes() if path.is_file() and not path.is_symlink() else None
+    except OSError:
+        return None
+
+
+def _restore_file(path: Path, before: bytes | None) -> str:
+    if before is None:
+        path.unlink(missing_ok=True)
+        return f"removed {path}"
+    ivshmem.write_atomic(path, before, 0o755)
+    return f"restored {path}"
+
+
 def provision_ivshmem(ctx: Context, vmid: int, *, dry_run: bool = False, restart: bool = False,
                       hook_storage: str | None = None) -> IvshmemProvisionResult:
+    """Checks first (privileges, lock, the root@pam rule, the snippet storage and the chained
+    hookscript, a running guest and its probe), then the hookscript file and ONE config write,
+    then the guest; a failure before the guest is configured takes every change back."""
+    from contextlib import ExitStack
+
+    from ..guest.session import refuse_blocked
+
     cfg, api = ctx.cfg, ctx.api
     vm_cfg = cfg.for_vm(vmid)
     vm = locate(api, vmid)
@@ -496,6 +653,9 @@ def provision_ivshmem(ctx: Context, vmid: int, *, dry_run: bool = False, restart
         res.notes.append(f"set `vms.{vmid}.backend: ivshmem` (or `backend: ivshmem`) in the config: collect "
                          "and the sweep choose the reader (the host's shm file) from it")
     path = f"nodes/{node}/qemu/{vmid}/config"
+    journal = preflight.Journal()
+    committed = False
+    resume = f"`pvepstore provision {vmid} --backend ivshmem` resumes"
     try:
         conf = dict(api.get(path))
         digest = conf.pop("digest", "")
@@ -505,74 +665,104 @@ def provision_ivshmem(ctx: Context, vmid: int, *, dry_run: bool = False, restart
             raise PveError(f"VM {vmid} already has an ivshmem device ({have})",
                            hint="Proxmox allows one ivshmem device per VM and pvepstore will not take over "
                                 "another one (Looking Glass, ...): use the pstore_blk backend for this VM")
+        preflight.check_not_locked(conf, vmid)
         rec = state.provision_record(cfg, vmid)
         hook_now = conf.get("hookscript")
         chain = rec.get("chained_hookscript") if ivshmem.is_ours(hook_now) else hook_now
         storeid = snippet_storage(cfg, chain, hook_storage)
         volid = f"{storeid}:snippets/{ivshmem.HOOK_NAME.format(vmid=int(vmid))}"
+        snippet = ivshmem.snippet_path(cfg.paths, volid)
+        if chain and not ivshmem.snippet_path(cfg.paths, chain).exists():
+            raise PveError(f"VM {vmid}'s hookscript {chain} does not exist at "
+                           f"{ivshmem.snippet_path(cfg.paths, chain)}; nothing was changed",
+                           hint="fix or remove the VM's hookscript first; pvepstore will not drop it")
         res.hookscript, res.chained = volid, chain
-        if dry_run:
-            res.notes.append(f"would write {ivshmem.snippet_path(cfg.paths, volid)}"
-                             + (f", which runs {chain} after pvepstore's step" if chain else ""))
-        else:
-            # the file first: PVE checks that a hookscript exists before it accepts it
-            ivshmem.install_hookscript(cfg, storeid, ctx.hook_program(cfg), vmid, chain)
         params = {}
         if have != res.ivshmem:
             params["ivshmem"] = res.ivshmem
         if hook_now != volid:
             params["hookscript"] = volid
-        if params:
-            why = "ramoops memory for the guest" if "ivshmem" in params else ""
-            if "hookscript" in params:
-                why = (why + "; " if why else "") + "keep the records across VM stop/start"
-            try:
-                api.run_task("POST", path, why=why, **params, digest=digest)
-            except PveError as exc:
-                if any(k in exc.message for k in params) or "403" in exc.message or "root" in exc.message:
-                    raise PveError(f"VM {vmid}: Proxmox refused {' and '.join(params)}: {exc.message}",
-                                   hint=ROOT_HINT.format(vmid=vmid, volid=volid, ivshmem=res.ivshmem)) from None
-                raise
         res.running = _running(api, node, vmid)
-        live = res.running and current.get("ivshmem") == res.ivshmem
-        res.device_pending = bool(res.running and not live)
-        if not res.running:
-            res.notes.append("the VM is stopped: the device is there from its next start")
-        defaults = {"mem_size": ivshmem.SHM_MIB << 20, "record_size": 0x10000, "console_size": 0,
-                    "ftrace_size": 0, "pmsg_size": 0}
-        if not dry_run:
-            kept = {k: v for k, v in rec.items() if k in ("volid", "old_volids", "blk_params", "key", "serial")}
-            state.update(cfg, vmid, provision={
-                **kept, "backend": "ivshmem", "node": node, "ivshmem": res.ivshmem,
-                "shm_name": ivshmem.shm_name(vmid), "hookscript": volid, "chained_hookscript": chain,
-                "ramoops_params": rec.get("ramoops_params") if rec.get("backend") == "ivshmem"
-                and isinstance(rec.get("ramoops_params"), dict) else defaults, "at": ctx.clock()})
-        if rec.get("volid") and rec.get("backend", "pstore_blk") == "pstore_blk" and not rec.get("removed"):
-            res.notes.append(f"the pstore_blk disk {rec['volid']} stays attached (the guest stops using it); "
-                             "detach it with `qm set` or keep it for switching back")
-        if not res.running:
-            if not restart:
-                res.problems.append(f"VM {vmid} is not running: the guest was not configured; start it and run "
-                                    f"`pvepstore provision {vmid} --backend ivshmem` again (or add --restart)")
-                return res
+        needs = preflight.Needs()
+        needs.add(f"/vms/{vmid}", Priv.VM_AUDIT, "read the VM's config")
+        if restart:
+            needs.add(f"/vms/{vmid}", Priv.VM_POWER, "start or restart the VM so the device appears")
+        preflight.check_privileges(api, needs, token_id(cfg))
+        _check_root_rule(cfg, api, vmid, params, volid, res.ivshmem)
+        with ExitStack() as stack:
+            guest = target = None
+            if res.running:  # the guest before any write: reachable, host key trusted, no blocker
+                res.address = resolve_address(api, node, vmid, vm_cfg.ssh, api.get(path))
+                target = ctx.make_target(vm_cfg.ssh, res.address.host, vmid)
+                guest = stack.enter_context(ctx.guest_connect(target))
+                res.probe = guest.probe(serial=vm_cfg.disk.serial, disk_bytes=None, backend="ivshmem")
+                plan = guest.plan(res.probe)
+                refuse_blocked(plan, _where(guest, vmid))
+            # -- the writes: the hookscript file first (PVE checks that it exists), then one config POST
             if dry_run:
-                res.plan.append("start the VM, then configure and verify the guest")
-                return res
-            api.run_task("POST", f"nodes/{node}/qemu/{vmid}/status/start", why="start with the ivshmem device")
-            res.running = res.restarted = True
-            res.device_pending = False
-        config = api.get(path)
-        res.address = resolve_address(api, node, vmid, vm_cfg.ssh, config)
-        target = ctx.make_target(vm_cfg.ssh, res.address.host, vmid)
-        if res.restarted:
-            _wait_new_boot(ctx, vmid, target, "")
-        with ctx.guest_connect(target) as guest:
-            res.probe = guest.probe(serial=vm_cfg.disk.serial, disk_bytes=None, backend="ivshmem")
+                res.notes.append(f"would write {snippet}" + (f", which runs {chain} after pvepstore's step"
+                                                              if chain else ""))
+            else:
+                before_file = _snapshot_file(snippet)
+                ivshmem.install_hookscript(cfg, storeid, ctx.hook_program(cfg), vmid, chain)
+                if before_file != _snapshot_file(snippet):
+                    journal.did(f"wrote {snippet}", lambda: _restore_file(snippet, before_file))
+            if params:
+                why = "ramoops memory for the guest" if "ivshmem" in params else ""
+                if "hookscript" in params:
+                    why = (why + "; " if why else "") + "keep the records across VM stop/start"
+                try:
+                    api.run_task("POST", path, why=why, **params, digest=digest)
+                except PveError as exc:
+                    raise _refusal(exc, vmid, params, volid, snippet, res.ivshmem) from None
+                if not dry_run:
+                    journal.did("set " + ", ".join(f"{k}={v}" for k, v in params.items()),
+                                lambda: _undo_options(api, path, conf, current, params))
+            live = res.running and current.get("ivshmem") == res.ivshmem
+            res.device_pending = bool(res.running and not live)
+            if not res.running:
+                res.notes.append("the VM is stopped: the device is there from its next start")
+            defaults = {"mem_size": ivshmem.SHM_MIB << 20, "record_size": 0x10000, "console_size": 0,
+                        "ftrace_size": 0, "pmsg_size": 0}
+            if not dry_run:
+                kept = {k: v for k, v in rec.items() if k in ("volid", "old_volids", "blk_params", "key", "serial")}
+                state.update(cfg, vmid, provision={
+                    **kept, "backend": "ivshmem", "node": node, "ivshmem": res.ivshmem,
+                    "shm_name": ivshmem.shm_name(vmid), "hookscript": volid, "chained_hookscript": chain,
+                    "ramoops_params": rec.get("ramoops_params") if rec.get("backend") == "ivshmem"
+                    and isinstance(rec.get("ramoops_params"), dict) else defaults, "at": ctx.clock()})
+                journal.did("the per-VM state records the ivshmem backend", lambda: _restore_record(cfg, vmid, rec))
+            if rec.get("volid") and rec.get("backend", "pstore_blk") == "pstore_blk" and not rec.get("removed"):
+                res.notes.append(f"the pstore_blk disk {rec['volid']} stays attached (the guest stops using it); "
+                                 "detach it with `qm set` or keep it for switching back")
+            if not res.running:
+                committed = True  # what is set is what the operator asked for; the guest comes next run
+                if not restart:
+                    res.problems.append(f"VM {vmid} is not running: the guest was not configured; start it and "
+                                        f"run `pvepstore provision {vmid} --backend ivshmem` again (or add --restart)")
+                    return res
+                if dry_run:
+                    res.plan.append("start the VM, then configure and verify the guest")
+                    return res
+                resume = f"`pvepstore provision {vmid} --backend ivshmem --restart` resumes"
+                api.run_task("POST", f"nodes/{node}/qemu/{vmid}/status/start", why="start with the ivshmem device")
+                res.running = res.restarted = True
+                res.device_pending = False
+                res.address = resolve_address(api, node, vmid, vm_cfg.ssh, api.get(path))
+                target = ctx.make_target(vm_cfg.ssh, res.address.host, vmid)
+                _wait_new_boot(ctx, vmid, target, "")
+                guest = stack.enter_context(ctx.guest_connect(target))
+                res.probe = guest.probe(serial=vm_cfg.disk.serial, disk_bytes=None, backend="ivshmem")
+                plan = guest.plan(res.probe)
             if res.running and getattr(res.probe, "ivshmem", None) is None:
                 res.device_pending = True  # the guest is the authority on what the running QEMU has
-            plan = guest.plan(res.probe)
             res.plan = list(plan.describe())
-            res.applied = guest.apply(plan, dry_run=dry_run)
+            try:
+                res.applied = guest.apply(plan, dry_run=dry_run)
+            except GuestError as exc:
+                raise journal.fail(exc, keep=committed or not getattr(exc, "unchanged", False),
+                                   resume=resume) from None
+            committed = True
             if plan.settings:
                 res.ramoops_params = {k: plan.settings[k] for k in RAMOOPS_KEYS if k in plan.settings}
             if not dry_run and res.ramoops_params:
@@ -586,6 +776,7 @@ def provision_ivshmem(ctx: Context, vmid: int, *, dry_run: bool = False, restart
             if not (res.device_pending and restart):
                 res.verify = guest.verify(serial=vm_cfg.disk.serial, backend="ivshmem")
         if res.device_pending and restart:
+            resume = f"`pvepstore provision {vmid} --backend ivshmem --restart` resumes"
             _reboot_and_wait(ctx, node, vmid, target, via_api=True,
                              old_boot=getattr(res.probe, "boot_id", "") or "",
                              why="restart (shutdown + start of a new QEMU process) so the ivshmem device appears")
@@ -596,10 +787,8 @@ def provision_ivshmem(ctx: Context, vmid: int, *, dry_run: bool = False, restart
             res.problems.append(COLD_START.format(vmid=vmid))
         if res.verify is not None:
             _remember_verify(ctx, vmid, res.verify)
-    except GuestError as exc:
-        if not dry_run:
-            raise
-        res.problems.append(f"guest not reached, its changes cannot be shown: {exc.message}")
+    except PvepstoreError as exc:
+        raise journal.fail(exc, keep=committed, resume=resume) from None
     finally:
         res.api_calls = list(api.planned if dry_run else api.done)
     return res

@@ -61,7 +61,7 @@ class PveApi:
     done: list[ApiCall] = field(default_factory=list)
 
     # -- plain calls ------------------------------------------------------------------
-    def get(self, path: str, **params: Any) -> Any:
+    def get(self, path: str, /, **params: Any) -> Any:  # positional: PVE has a "path" parameter
         result = self._call("GET", path, params)
         if isinstance(result, dict) and set(result) == {"errors"}:
             raise PveError(f"GET /{path}: pvesh printed output that is not JSON: {_first_line(result['errors'])}",
@@ -104,7 +104,8 @@ class PveApi:
         exitstatus = str(status.get("exitstatus", ""))
         if not TASK_OK_RE.match(exitstatus):
             tail = self._task_log_tail(node, upid)
-            raise PveError(f"task {status.get('type', '')} for {status.get('id', '')} failed: {exitstatus}",
+            raise PveError(f"task {server_text(status.get('type', ''), 40)} for {server_text(status.get('id', ''), 40)} "
+                           f"failed: {server_text(exitstatus, 300)}",
                            hint=f"task log: {tail}" if tail else f"pvenode task log {upid}")
         return status
 
@@ -114,7 +115,7 @@ class PveApi:
             lines = self.get(f"nodes/{node}/tasks/{quote(upid)}/log", limit=50)
         except PveError:
             return ""
-        return " | ".join(str(e.get("t", "")) for e in lines[-3:] if isinstance(e, dict))
+        return " | ".join(server_text(e.get("t", "")) for e in lines[-3:] if isinstance(e, dict))
 
     def _upid(self, result: Any, what: str) -> str | None:
         if result is None:
@@ -132,7 +133,7 @@ class PveApi:
             if re.match(r"^\s*update VM \d+", str(text)):
                 return None
             raise PveError(f"{what}: unexpected pvesh output: {_first_line(text)}")
-        raise PveError(f"{what}: expected a task id, got {str(result)[:200]!r}")
+        raise PveError(f"{what}: expected a task id, got {server_text(result, 200)!r}")
 
     def _call(self, method: str, path: str, params: dict) -> Any:
         from proxmoxer import ResourceException  # imported lazily: CLI start-up stays fast
@@ -186,46 +187,113 @@ def _wire(params: dict) -> dict:
 def _first_line(text: Any) -> str:
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
-    lines = [ln for ln in str(text).splitlines() if ln.strip()]
-    return (lines[0] if lines else "")[:200]
+    lines = [ln for ln in str(text)[:64 << 10].splitlines() if ln.strip()]
+    return server_text(lines[0] if lines else "", 200)
 
 
 def _reason(exc: Exception) -> str:
     text = str(exc)
     m = re.search(r"\[SSL: [^\]]+\] ([^(]+)|(Connection refused|Name or service not known|timed out)", text)
-    return (m.group(1) or m.group(2)).strip() if m else text[:200]
+    return server_text((m.group(1) or m.group(2)).strip() if m else text, 200)
 
 
-def _translate(exc: Any, method: str, path: str) -> PveError:
-    status = getattr(exc, "status_code", 0)
-    content = str(getattr(exc, "content", "") or "").strip()
-    errors = getattr(exc, "errors", None)
-    detail = content
-    if isinstance(errors, dict) and errors:
-        detail += " " + "; ".join(f"{k}: {str(v).strip()}" for k, v in errors.items())
+MAX_DETAIL = 160  # characters of one server-supplied text in a message
+MAX_PARAMS = 6  # parameter errors named in one message
+PERM_RE = re.compile(r"\((/[^,()]*), ([A-Za-z.|, ]+)\)")  # "Permission check failed (/vms/100, VM.Config.Disk)"
+
+
+class ApiError(PveError):
+    """The API (or pvesh) refused a request: the HTTP status, the server's reason and its
+    per-parameter errors, decoded and terminal-safe -- callers map errors to hints by these."""
+
+    def __init__(self, message: str, *, hint: str | None = None, status: int = 0, reason: str = "",
+                 errors: dict[str, str] | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status, self.reason, self.errors = status, reason, dict(errors or {})
+
+    @property
+    def text(self) -> str:
+        """Everything the server said (reason and parameter errors), for matching."""
+        return " ".join([self.reason, *(f"{k}: {v}" for k, v in self.errors.items())])
+
+
+def server_text(value: Any, limit: int = MAX_DETAIL) -> str:
+    """A server-supplied value as one bounded, terminal-safe line (bytes decoded, never a repr)."""
+    from ..text import terminal_safe
+
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value[:4 * limit]).decode("utf-8", "replace")
+    elif isinstance(value, (list, tuple)):
+        value = "; ".join(server_text(v, limit) for v in value[:MAX_PARAMS])
+    elif value is None:
+        value = ""
+    text = " ".join(str(value)[:4 * limit].split())  # newlines and runs of blanks: one space
+    text = terminal_safe(text)
+    return text if len(text) <= limit else text[:limit - 1] + "\u2026"
+
+
+def _server_errors(errors: Any) -> dict[str, str]:
+    """proxmoxer's ``errors``: PVE's {param: message} object, or ``{"errors": <raw body>}`` when the
+    body was not JSON (pveproxy's 401), or text from pvesh."""
+    if isinstance(errors, dict):
+        items = list(errors.items())
     elif errors:
-        detail += f" {_first_line(errors)}"
-    message = f"{method} /{path}: {status} {detail}".strip()
-    if status == 401:
-        hint = "check api.user, api.token_name and the token secret (the token id is USER@REALM!NAME)"
-    elif status == 403:
-        hint = "the API token lacks a privilege; see README 'Proxmox side' for the minimal set " \
-               "(a privilege-separated token needs its own ACL entries)"
-    elif status == 400:
-        hint = "Proxmox refused a parameter; if pvepstore sent it, this is a bug (or an unsupported PVE version)"
-    elif status == 595 or "no such cluster node" in detail:
-        hint = "the node is offline or not in the cluster"
-    elif "does not exist" in detail and "qemu-server" in detail:
-        hint = "the VM is not on that node (migrated?); `pvepstore status` shows where it is"
-    elif status == 501:
-        hint = "this Proxmox VE version lacks the API call; pvepstore needs PVE 8 or 9"
+        items = [("", errors)]
     else:
-        hint = "see the task log or journalctl -u pvedaemon -u pveproxy on the node"
-    return PveError(message, hint=hint)
+        items = []
+    out: dict[str, str] = {}
+    for key, value in items[:MAX_PARAMS]:
+        text = server_text(value)
+        if text:
+            out[server_text(key, 40) if key != "errors" else ""] = text
+    return out
+
+
+def _translate(exc: Any, method: str, path: str) -> ApiError:
+    status = getattr(exc, "status_code", 0) or 0
+    reason = server_text(getattr(exc, "content", "") or getattr(exc, "status_message", ""))
+    errors = _server_errors(getattr(exc, "errors", None))
+    params = {k: v for k, v in errors.items() if k}
+    detail = "; ".join(f"{k}: {v}" if k else v for k, v in errors.items() if v != reason)
+    message = f"{method} /{path}: {status} {reason}".strip() + (f": {detail}" if detail else "")
+    return ApiError(message, hint=hint_for(status, reason, params, path), status=status, reason=reason,
+                    errors=errors)
+
+
+def hint_for(status: int, reason: str, params: dict[str, str], path: str = "") -> str:
+    """The hint that follows from what the server said (status, reason, the parameters it named)."""
+    said = " ".join([reason, *params.values()])
+    if status == 401:
+        return ("authentication failed: check api.user and api.token_name (the token id is USER@REALM!NAME) "
+                "and the token secret (api.token_value / api.token_value_file)")
+    if status == 403:
+        m = PERM_RE.search(reason)
+        if m:
+            return (f"the API token lacks {m.group(2).strip()} on {m.group(1)}: grant it, e.g. `pveum acl modify "
+                    f"{m.group(1)} --tokens <USER@REALM!NAME> --roles <a role with it>` (README: 'API token, "
+                    "minimal privileges'; a privilege-separated token needs its own ACL entries)")
+        return ("the API token lacks a privilege for this call; see README 'API token, minimal privileges' "
+                "(a privilege-separated token needs its own ACL entries)")
+    if status == 400 and params:
+        names = ", ".join(sorted(params))
+        return (f"Proxmox refused the parameter{'s' if len(params) > 1 else ''} {names} (its reason is above); "
+                "if pvepstore chose the value, this is a bug (or an unsupported PVE version)")
+    if status == 400:
+        return "Proxmox refused a parameter; if pvepstore sent it, this is a bug (or an unsupported PVE version)"
+    if status == 595 or "no such cluster node" in said:
+        return "the node is offline or not in the cluster"
+    if "does not exist" in said and "qemu-server" in said:
+        return "the VM is not on that node (migrated?); `pvepstore status` shows where it is"
+    if status == 501:
+        return "this Proxmox VE version lacks the API call; pvepstore needs PVE 8 or 9"
+    return "see the task log or journalctl -u pvedaemon -u pveproxy on the node"
 
 
 def connect(cfg: Config, *, dry_run: bool = False) -> PveApi:
     """A PveApi for the configured transport (nothing is contacted yet)."""
+    from ..liblog import quiet_library_logs
+
+    quiet_library_logs()
     api = cfg.api
     if api.backend == "local":
         from proxmoxer import ProxmoxAPI

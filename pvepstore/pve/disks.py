@@ -69,15 +69,34 @@ def volume_exists(api: PveApi, node: str, volid: str) -> bool:
     try:
         api.get(f"nodes/{node}/storage/{quote(storage)}/content/{quote(volid)}")
     except PveError as exc:
-        if "403" in exc.message:
+        if getattr(exc, "status", None) in (401, 403):  # a refusal, not an absent volume
             raise
         return False
     return True
 
 
-def ensure_disk(api: PveApi, node: str, vmid: int, disk: DiskConfig,
-                known_volids: set[str] = frozenset()) -> DiskResult:
-    """Make sure the VM has its pstore disk; never allocates a second one."""
+@dataclass
+class DiskPlan:
+    """What :func:`apply_disk` would do, decided from reads only (so provision can check it first)."""
+
+    view: VmDiskView
+    done: DiskResult | None = None  # no write needed: the disk is present or pending
+    slot: str | None = None
+    value: str = ""
+    action: str = ""  # attached | reattached
+    storage: str | None = None
+    why: str = ""
+    volid: str | None = None  # the existing volume a reattach uses
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def allocates(self) -> bool:
+        return self.done is None and self.action == "attached"
+
+
+def plan_disk(api: PveApi, node: str, vmid: int, disk: DiskConfig,
+              known_volids: set[str] = frozenset()) -> DiskPlan:
+    """Find the pstore disk and decide the one write that would attach it (no write is sent)."""
     view = inspect(api, node, vmid, disk, known_volids)
     loc = view.location
     if loc.state == "attached":
@@ -91,10 +110,10 @@ def ensure_disk(api: PveApi, node: str, vmid: int, disk: DiskConfig,
         fmt = parse_drive(loc.value or "").get("format")
         if fmt and fmt != "raw":
             res.notes.append(f"{loc.key} has format={fmt}: offline reads need a raw volume")
-        return res
+        return DiskPlan(view, done=res)
     if loc.state == "pending":
-        return DiskResult("pending", loc.key, loc.volid, (loc.volid or "").split(":")[0], pending=True,
-                          notes=[PENDING_HINT.format(vmid=vmid)])
+        return DiskPlan(view, done=DiskResult("pending", loc.key, loc.volid, (loc.volid or "").split(":")[0],
+                                              pending=True, notes=[PENDING_HINT.format(vmid=vmid)]))
     slot = free_slot(view.config, view.pending, "virtio")
     if slot is None:
         raise PveError(f"VM {vmid} has no free virtio slot (virtio0..15 are used)",
@@ -107,40 +126,71 @@ def ensure_disk(api: PveApi, node: str, vmid: int, disk: DiskConfig,
                          f"allocating a new disk")
             loc = DiskLocation("absent")
     if loc.state in ("unused", "commented"):
-        value = f"{loc.volid},{options}"
-        action = "reattached"
-        why = f"reattach the pstore volume {loc.volid} ({loc.key}{' line from a restore' if loc.state == 'commented' else ''})"
-        storage = loc.volid.split(":")[0]
-    else:
-        storage = disk.storage or system_disk_storage(view.config)
-        if not storage:
-            raise PveError(f"VM {vmid}: cannot tell the storage of its system disk",
-                           hint=f"set disk.storage (or vms.{vmid}.disk.storage) in the config")
-        value = f"{storage}:{gib_fraction(disk.size_mib)},{options}"
-        action = "attached"
-        why = f"allocate {disk.size_mib} MiB on {storage} and attach it as {slot}"
-    params = {slot: value, "digest": view.digest}
+        where = " line from a restore" if loc.state == "commented" else ""
+        return DiskPlan(view, slot=slot, value=f"{loc.volid},{options}", action="reattached",
+                        storage=loc.volid.split(":")[0], volid=loc.volid, notes=notes,
+                        why=f"reattach the pstore volume {loc.volid} ({loc.key}{where})")
+    storage = disk.storage or system_disk_storage(view.config)
+    if not storage:
+        raise PveError(f"VM {vmid}: cannot tell the storage of its system disk",
+                       hint=f"set disk.storage (or vms.{vmid}.disk.storage) in the config")
+    return DiskPlan(view, slot=slot, value=f"{storage}:{gib_fraction(disk.size_mib)},{options}",
+                    action="attached", storage=storage, notes=notes,
+                    why=f"allocate {disk.size_mib} MiB on {storage} and attach it as {slot}")
+
+
+def ensure_disk(api: PveApi, node: str, vmid: int, disk: DiskConfig,
+                known_volids: set[str] = frozenset()) -> DiskResult:
+    """Make sure the VM has its pstore disk; never allocates a second one."""
+    return apply_disk(api, node, vmid, disk, known_volids, plan_disk(api, node, vmid, disk, known_volids))
+
+
+def apply_disk(api: PveApi, node: str, vmid: int, disk: DiskConfig, known_volids: set[str],
+               plan: DiskPlan) -> DiskResult:
+    """Send the plan's write (with the digest of the config it was planned on) and check the result."""
+    if plan.done is not None:
+        return plan.done
+    params = {plan.slot: plan.value, "digest": plan.view.digest}
+    notes = list(plan.notes)
     if api.dry_run:
-        api.write("POST", f"nodes/{node}/qemu/{vmid}/config", why=why, **params)
-        planned = "planned-reattach" if action == "reattached" else "planned-attach"
-        return DiskResult(planned, slot, loc.volid, storage, notes=notes)
+        api.write("POST", f"nodes/{node}/qemu/{vmid}/config", why=plan.why, **params)
+        planned = "planned-reattach" if plan.action == "reattached" else "planned-attach"
+        return DiskResult(planned, plan.slot, plan.volid, plan.storage, notes=notes)
     task_error = None
     try:
-        api.run_task("POST", f"nodes/{node}/qemu/{vmid}/config", why=why, **params)
+        api.run_task("POST", f"nodes/{node}/qemu/{vmid}/config", why=plan.why, **params)
     except PveError as exc:
         task_error = exc
-    after = inspect(api, node, vmid, disk, known_volids | ({loc.volid} if loc.volid else set()))
+    after = inspect(api, node, vmid, disk, known_volids | ({plan.volid} if plan.volid else set()))
     if after.location.state == "pending":
         notes.append(PENDING_HINT.format(vmid=vmid))
         if task_error:
             notes.append(f"the attach task failed: {task_error.message}")
-        return DiskResult("pending", after.location.key, after.location.volid, storage, pending=True, notes=notes)
+        return DiskResult("pending", after.location.key, after.location.volid, plan.storage, pending=True,
+                          notes=notes)
     if task_error:
         raise task_error
     if after.location.state != "attached":
         raise PveError(f"VM {vmid}: the attach task succeeded but no disk with serial {disk.serial} is in "
                        f"the config", hint=f"check `qm config {vmid}` and the task log")
-    return DiskResult(action, after.location.key, after.location.volid, storage, notes=notes)
+    return DiskResult(plan.action, after.location.key, after.location.volid, plan.storage, notes=notes)
+
+
+def undo_attach(api: PveApi, node: str, vmid: int, result: DiskResult) -> str:
+    """Take back an attach this run made: a volume it allocated is freed, a volume it reattached
+    goes back to ``unusedN`` (never freed: it holds the operator's records).  Returns what was done."""
+    path = f"nodes/{node}/qemu/{vmid}/config"
+    digest = api.get(path).get("digest", "")
+    if result.action == "attached":
+        api.run_task("POST", path, why=f"roll back: free the volume {result.volid} this run allocated",
+                     delete=result.key, force=1, digest=digest)
+        left = pending_map(api.get(f"nodes/{node}/qemu/{vmid}/pending"))[1]
+        if result.key in left:
+            return f"{result.key} ({result.volid}) is removed at the next VM stop/start (not hot-unpluggable now)"
+        return f"detached {result.key} and freed {result.volid}"
+    api.run_task("POST", path, why=f"roll back: detach {result.volid} again (it stays as unusedN)",
+                 delete=result.key, digest=digest)
+    return f"detached {result.key} again ({result.volid} is kept as unusedN)"
 
 
 @dataclass

@@ -123,6 +123,9 @@ class FakePve:
         self.requests: list[RecordedRequest] = []
         self.task_polls_running = 0  # status polls answered "running" before a task stops
         self.reboot_hooks: list[Callable[[int], None]] = []  # called with the vmid on API reboots
+        # the token's effective privileges per ACL path (propagated down); None: all of them (root@pam)
+        self.privileges: dict[str, set[str]] | None = None
+        self.storage_status: dict[str, dict] = {}  # overrides of GET .../storage/{storage}/status fields
         self.lock = threading.RLock()
         self._pid = 0x1000
         self.server: ThreadingHTTPServer | None = None
@@ -457,6 +460,13 @@ def _pending(pve: FakePve, p: dict, user: str):
 
 def _update_config(pve: FakePve, p: dict, user: str, *, sync: bool):
     vm = pve.vm_of(p)
+    # checked before the worker is forked (update_vm_api), so they fail the HTTP call itself
+    for opt in ("hookscript", "ivshmem"):
+        if opt in p and user.split("!")[0] != "root@pam":
+            raise PveFailure(500, f"only root can set '{opt}' config")
+    if "hookscript" in p and not _snippet_file(pve, p["hookscript"]).is_file():
+        raise PveFailure(400, "Parameter verification failed.",
+                         {"hookscript": f"script '{p['hookscript']}' does not exist"})
     log: list[str] = []
     try:
         _apply_update(pve, vm, p, log)
@@ -600,6 +610,46 @@ def _free(pve: FakePve, volid: str) -> None:
     if st["type"] in ("lvm", "lvmthin"):
         pve.paths.device(f"/dev/{st['vgname']}/{vol.name}").unlink(missing_ok=True)
     vol.backing.unlink(missing_ok=True)
+
+
+def _snippet_file(pve: FakePve, volid: str) -> Path:
+    storeid, _, rest = volid.partition(":")
+    st = pve.storages.get(storeid, {})
+    return pve.paths.storage_path(st.get("path", "/nonexistent")) / rest
+
+
+ALL_PRIVILEGES = ("VM.Audit", "VM.Config.Disk", "VM.Config.Options", "VM.Config.HWType", "VM.PowerMgmt",
+                  "VM.Monitor", "VM.GuestAgent.Audit", "Datastore.Audit", "Datastore.AllocateSpace",
+                  "Sys.Audit", "Sys.Modify")
+
+
+def _permissions(pve: FakePve, p: dict, user: str):
+    """Effective privileges (an ACL on a path applies to everything below it)."""
+    def effective(path: str) -> dict:
+        if pve.privileges is None:
+            return {priv: 1 for priv in ALL_PRIVILEGES}
+        probe = path.rstrip("/") or "/"
+        while True:
+            if probe in pve.privileges:
+                return {priv: 1 for priv in sorted(pve.privileges[probe])}
+            if probe == "/":
+                return {}
+            probe = probe.rsplit("/", 1)[0] or "/"
+    if p.get("path"):
+        return {p["path"]: effective(p["path"])}
+    return {path: effective(path) for path in (pve.privileges or {"/": None})}
+
+
+def _storage_status(pve: FakePve, p: dict, user: str):
+    st = pve.storages.get(p["storage"])
+    if st is None:
+        raise PveFailure(500, f"storage '{p['storage']}' does not exist")
+    total = 64 << 30
+    used = sum(v.size for v in pve.volumes.values() if v.storage == p["storage"])
+    out = {"type": st["type"], "content": st.get("content", ""), "active": 1, "enabled": 1, "shared": 0,
+           "total": total, "used": used, "avail": max(total - used, 0)}
+    out.update(pve.storage_status.get(p["storage"], {}))
+    return out
 
 
 def _status_current(pve: FakePve, p: dict, user: str):
@@ -752,6 +802,8 @@ ROUTES: dict[tuple[str, str], Callable] = {
     ("GET", "/nodes/{node}/tasks/{upid}/status"): _task_status,
     ("GET", "/nodes/{node}/tasks/{upid}/log"): _task_log,
     ("GET", "/nodes/{node}/storage/{storage}/content"): _content,
+    ("GET", "/nodes/{node}/storage/{storage}/status"): _storage_status,
+    ("GET", "/access/permissions"): _permissions,
     ("GET", "/nodes/{node}/storage/{storage}/content/{volume}"): _volume_info,
     ("DELETE", "/nodes/{node}/storage/{storage}/content/{volume}"): _volume_delete,
 }
@@ -826,7 +878,8 @@ class _Handler(BaseHTTPRequestHandler):
                 payload["errors"] = exc.errors or {"_": exc.message}
             payload["message"] = exc.message + "\n"
         rec.status = status
-        body = json.dumps(payload).encode()
+        # pveproxy answers a failed authentication with a bare status line and an empty body
+        body = b"" if status == 401 else json.dumps(payload).encode()
         self.send_response(status, reason.replace("\n", " "))
         self.send_header("Content-Type", "application/json;charset=UTF-8")
         self.send_header("Content-Length", str(len(body)))
