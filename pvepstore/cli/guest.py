@@ -164,10 +164,12 @@ def records_cmd(ctx: typer.Context, vmid: int = _VMID, host: Optional[str] = _HO
     with connect(target) as g:
         result = g.read_records_full(max_bytes=max_bytes)
     if extract is not None:
-        try:
-            extract.mkdir(parents=True, exist_ok=True)
-            for rec in result.records:
-                (extract / safe_filename(rec.name)).write_bytes(rec.data)
+        from ..safefs import Dir
+
+        try:  # as `parse --extract`: no link followed, each file renamed into place
+            with Dir.open(extract, create=True, mode=0o755) as out:
+                for rec in result.records:
+                    out.replace_file(safe_filename(rec.name), rec.data, 0o640, durable=False)
         except OSError as exc:
             raise InputError(f"cannot write to {extract}: {exc.strerror}") from None
     if as_json:

@@ -47,8 +47,12 @@ class SweepResult:
 
 @contextmanager
 def sweep_lock(state_dir: Path) -> Iterator[None]:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(state_dir / "sweep.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+    from ..safefs import Dir
+
+    # The state dir must be private (not a link, not writable by others); the lock is
+    # opened O_NOFOLLOW|O_NONBLOCK relative to it: a planted link or FIFO is refused.
+    with Dir.open(state_dir, create=True, private=True) as d:
+        fd = d.lock_file("sweep.lock")
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
