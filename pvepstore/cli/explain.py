@@ -12,6 +12,7 @@ from ..analysis import extract_crashes
 from ..analysis.evidence import log_evidence
 from ..analysis.verdict import decide
 from ..errors import InputError
+from ..pstore.source import open_input
 from ..text import terminal_safe
 from .app import app, env_of
 
@@ -19,11 +20,12 @@ MAX_BYTES = 64 * 1024 * 1024  # far beyond any kernel log; protects against a wr
 
 
 def _read(path: Path) -> str:
+    # open_input: a FIFO, socket, tty or directory is refused before it is opened
+    # (reading one would block forever or have side effects); exit 3 with a hint.
+    fd = open_input(path, allow_block=False, hint="pass kernel log files, e.g. a saved dmesg")
     try:
-        with open(path, "rb") as fh:
+        with open(fd, "rb", closefd=True) as fh:
             data = fh.read(MAX_BYTES + 1)
-    except IsADirectoryError:
-        raise InputError(f"{path} is a directory", hint="pass kernel log files, e.g. a saved dmesg") from None
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror}",
                          hint="check the path and permissions") from None
@@ -86,8 +88,9 @@ def render(doc: dict) -> list[str]:
 @app.command("explain")
 def explain_command(
     ctx: typer.Context,
+    # readable=False: explain opens the files itself (exit 3 with a hint, not click's exit 2)
     files: List[Path] = typer.Argument(..., help="Kernel log files: saved dmesg, syslog/journal, pstore records.",
-                                       show_default=False),
+                                       show_default=False, readable=False),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: one object per file (a list for several)."),
 ) -> None:
     """Find and classify the kernel crash reports in log text files."""

@@ -16,9 +16,10 @@ from ..errors import InputError, UsageError
 from ..pstore import (FORMATS, BlkParams, FileSource, Finding, ParseResult, RamoopsParams, ReadOptions,
                       Severity, read_source)
 from ..pstore.layout import NR_CPUS_MAX, SZ_128M
+from ..pstore.model import select_for_analysis
 from ..pstore.source import unpack_xz_sparse
 from .app import app, env_of
-from .render import render_summary
+from .render import render_summary, write_json
 
 SAMPLE = "sample-oops.img.xz"
 
@@ -29,6 +30,7 @@ SAMPLE = "sample-oops.img.xz"
 # is an xz bomb or a whole disk, and parsing what lies past the limit cannot change
 # what the kernel shows.
 MAX_XZ_CAPPED = SZ_128M
+ANALYSIS_BYTES = 8 << 20  # record text analysed for --report, per image
 MAX_XZ_UNCAPPED = 1 << 30
 
 
@@ -170,13 +172,20 @@ def parse_command(
             raise InputError(f"cannot write to {extract_dir}: {exc.strerror}",
                              hint="choose a writable directory") from None
     if report:
-        from ..analysis import build_report
+        from ..analysis.report import build_event
 
-        env.out(json.dumps(build_report(result), indent=2, ensure_ascii=True))
+        # Crash analysis reads a bounded amount of text per image (a guest that fills
+        # every zone must not stall a sweep); the records left out are counted.
+        analysed, left_out = select_for_analysis(result.records, ANALYSIS_BYTES)
+        image = {"path": result.source, "offset": result.offset}
+        if left_out:
+            image["records_not_analysed"] = left_out
+        env.out(json.dumps(build_event(analysed, image=image), indent=2, ensure_ascii=True))
         return
     if as_json:
-        # ensure_ascii: guest bytes reach the terminal only as \\u escapes
-        env.out(json.dumps(result.to_json(), indent=2, ensure_ascii=True))
+        # ensure_ascii: guest bytes reach the terminal only as \\u escapes; streamed record
+        # by record, so the output never exists twice in memory
+        write_json(result.to_json(lazy=True), env.stdout.write)
         return
     for line in render_summary(result):
         env.out(line)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Iterator
+
 from ..analysis.crash import extract_crashes
 from ..analysis.evidence import primary_crash
 from ..analysis.logline import PSTORE_PART, PSTORE_TOTAL, peel
@@ -10,14 +13,23 @@ from ..pstore.model import Kind
 from ..text import terminal_safe
 
 
-def headline(record: Record, width: int = 100) -> str:
+# Text handed to crash analysis for the headlines of one image, at most: a fully
+# written 128 MiB device must not be analysed whole just to print a table.
+# Records past the budget get their first log line as headline instead.
+HEADLINE_ANALYSIS_BYTES = 8 << 20
+HEADLINE_SCAN_BYTES = 64 << 10  # the first log line is looked for in the first 64 KiB
+
+
+def headline(record: Record, width: int = 100, *, analyse: bool = True) -> str:
     """The first meaningful line: the crash title if the record holds a crash, else its first log line."""
-    text = record.best_text
-    if record.kind is Kind.DMESG and (record.recovered is not None or not record.name.endswith(".enc.z")):
-        crash = primary_crash(extract_crashes(text))
+    if analyse and record.kind is Kind.DMESG and (record.recovered is not None
+                                                   or not record.name.endswith(".enc.z")):
+        crash = primary_crash(extract_crashes(record.best_text))
         if crash is not None:
             return terminal_safe(crash.title or crash.first_line)[:width]
-    for number, raw in enumerate(text.splitlines()[:200]):
+    data = record.recovered if record.recovered is not None else record.data
+    head = data[:HEADLINE_SCAN_BYTES].decode("utf-8", errors="replace")
+    for number, raw in enumerate(head.splitlines()[:200]):
         line = peel(raw, number).text.strip()
         if line and not PSTORE_PART.match(line) and not PSTORE_TOTAL.match(line):
             return terminal_safe(line)[:width]
@@ -25,45 +37,70 @@ def headline(record: Record, width: int = 100) -> str:
 
 
 def describe_layout(result: ParseResult) -> str:
-    layout = result.layout
-    doc = layout.to_json()
+    """One line for a pstore_blk or a ramoops layout (both have a dmesg grid and front zones)."""
+    doc = result.layout.to_json()
     dmesg = doc["dmesg"]
-    parts = [f"{dmesg['count']} dmesg zones of {dmesg['zone_size'] // 1024} KiB at {dmesg['base']:#x}"]
-    for zone in doc["zones"]:
-        parts.append(f"{zone['kind']} {zone['size'] // 1024} KiB at {zone['offset']:#x}")
+    parts = [f"{dmesg['count']} dmesg zones of {_size(dmesg['zone_size'])} at {dmesg['base']:#x}"]
+    for zone in doc["zones"][:16]:
+        parts.append(f"{zone['kind']} {_size(zone['size'])} at {zone['offset']:#x}")
+    if len(doc["zones"]) > 16:
+        parts.append(f"{len(doc['zones']) - 16} more zones")
     disc = doc.get("discovery")
-    how = (f"discovered from signatures, {disc['confidence']} confidence" if disc
-           else "from the given parameters")
-    cap = "" if doc["total_size"] == doc["device_size"] else f", kernel uses the first {doc['total_size'] >> 20} MiB"
-    return f"layout: {', '.join(parts)} ({how}{cap})"
+    how = (f"discovered from {'signatures' if doc['format'] == 'pstore_blk' else 'zone headers'}, "
+           f"{disc['confidence']} confidence" if disc else "from the given parameters")
+    cap = ""
+    if doc["format"] == "pstore_blk" and doc["total_size"] != doc["device_size"]:
+        cap = f", kernel uses the first {doc['total_size'] >> 20} MiB"
+    kind = "ramoops, " if doc["format"] == "ramoops" else ""
+    return f"layout: {kind}{', '.join(parts)} ({how}{cap})"
 
 
-def render_summary(result: ParseResult, *, with_texts: bool = True) -> list[str]:
-    lines = [f"image: {terminal_safe(result.source)}"
-             + (f" at offset {result.offset}" if result.offset else "")
-             + f" ({result.layout.device_size} bytes)",
-             describe_layout(result)]
+def _size(n: int) -> str:
+    return f"{n // 1024} KiB" if n % 1024 == 0 else f"{n} bytes"
+
+
+def _image_size(result: ParseResult) -> int:
+    layout = result.layout
+    return getattr(layout, "device_size", None) or getattr(layout, "mem_size", 0)
+
+
+def render_summary(result: ParseResult, *, with_texts: bool = True) -> Iterator[str]:
+    """The human output, line by line: a caller writes each line before the next is built,
+    so only one record's text is ever held as a string."""
+    yield (f"image: {terminal_safe(result.source)}"
+           + (f" at offset {result.offset}" if result.offset else "")
+           + f" ({_image_size(result)} bytes)")
+    yield describe_layout(result)
     if not result.records:
-        lines.append("no records")
+        yield "no records"
     else:
-        lines.append(f"{'NAME':<26} {'REASON':<12} {'TIME (UTC)':<20} {'SIZE':>7}  FIRST LINE")
+        yield f"{'NAME':<26} {'REASON':<12} {'TIME (UTC)':<20} {'SIZE':>7}  FIRST LINE"
+        budget = HEADLINE_ANALYSIS_BYTES
         for rec in result.records:
             reason = rec.reason or rec.kind.value
             if rec.counter:
                 reason = f"{reason} #{rec.counter}"
             when = rec.time.strftime("%Y-%m-%d %H:%M:%S") if rec.time else "-"
             name = rec.name + (" (erased)" if rec.erased else "")
-            lines.append(f"{name:<26} {reason:<12} {when:<20} {rec.size:>7}  {headline(rec)}")
+            analyse = rec.size <= budget
+            budget -= rec.size if analyse else 0
+            yield f"{name:<26} {terminal_safe(reason):<12} {when:<20} {rec.size:>7}  {headline(rec, analyse=analyse)}"
     if result.findings:
-        lines.append("findings:")
+        yield "findings:"
         for f in result.findings:
             where = ""
             if f.offset is not None:
                 where = f" [{f.kind or 'zone'} {f.zone if f.zone is not None else ''} @ {f.offset:#x}]"
-            lines.append(f"  {f.severity.value}: {terminal_safe(f.message)}{where}")
+            yield f"  {f.severity.value}: {terminal_safe(f.message)}{where}"
     if with_texts:
         for rec in result.records:
-            lines.append("")
-            lines.append(f"==> {rec.name}{' (erased)' if rec.erased else ''} <==")
-            lines.append(terminal_safe(rec.text).rstrip("\n"))
-    return lines
+            yield ""
+            yield f"==> {rec.name}{' (erased)' if rec.erased else ''} <=="
+            yield terminal_safe(rec.text).rstrip("\n")
+
+
+def write_json(doc: dict, write) -> None:
+    """``json.dumps(doc, indent=2, ensure_ascii=True)`` plus a newline, written piece by piece."""
+    for chunk in json.JSONEncoder(indent=2, ensure_ascii=True).iterencode(doc):
+        write(chunk)
+    write("\n")

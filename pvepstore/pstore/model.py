@@ -145,12 +145,57 @@ class ParseResult:
     findings: list[Finding] = field(default_factory=list)
     bytes_read: int = 0
 
-    def to_json(self, *, include_text: bool = True) -> dict:
+    def to_json(self, *, include_text: bool = True, lazy: bool = False) -> dict:
+        """The JSON document; ``lazy`` builds each record's part only while it is encoded
+        (``json.JSONEncoder(indent=...).iterencode``), so one record's text is held at a time."""
+        records = [r.to_json(include_text=include_text) for r in self.records] if not lazy else \
+            _LazyList(self.records, lambda r: r.to_json(include_text=include_text))
         return {
             "image": self.source,
             "offset": self.offset,
             "layout": self.layout.to_json(),
-            "records": [r.to_json(include_text=include_text) for r in self.records],
+            "records": records,
             "findings": [f.to_json() for f in self.findings],
             "bytes_read": self.bytes_read,
         }
+
+
+class _LazyList(list):
+    """Looks like a list to ``json``'s pure-Python encoder, makes each item when iterated."""
+
+    def __init__(self, items: list, make) -> None:
+        super().__init__()
+        self._items = items
+        self._make = make
+
+    def __iter__(self):
+        return (self._make(item) for item in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+
+def select_for_analysis(records: list[Record], budget: int) -> tuple[list[Record], int]:
+    """The records whose text crash analysis reads, at most ``budget`` bytes of it per image.
+
+    Newest dmesg records first (the verdict is about how the last boot ended),
+    then console/pmsg/ftrace; the chosen ones keep the kernel's order.  Returns
+    them and how many were left out.  A fully written 128 MiB device holds
+    2048 records: analysing all would take minutes and say nothing more.
+    """
+    def newest_first(pair: tuple[int, Record]) -> tuple:
+        i, rec = pair
+        t = rec.time_sec if rec.time_sec is not None else -1
+        return (rec.kind is not Kind.DMESG, rec.erased, -t, i)
+
+    chosen: set[int] = set()
+    left = budget
+    for i, rec in sorted(enumerate(records), key=newest_first):
+        size = len(rec.recovered if rec.recovered is not None else rec.data)
+        if size <= left:
+            chosen.add(i)
+            left -= size
+    return [r for i, r in enumerate(records) if i in chosen], len(records) - len(chosen)
