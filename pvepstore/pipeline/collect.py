@@ -23,9 +23,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from enum import Enum
 from typing import Callable, Protocol, Sequence
 
-from ..analysis.bootend import BootEnd, ended_boot_evidence, planned_reboot_evidence
+from ..analysis.bootend import BootEnd, ended_boot_evidence, ended_window, planned_reboot_evidence
 from ..analysis.evidence import EvidenceItem
 from ..analysis.report import build_event
 from ..pstore.model import Record
@@ -47,6 +48,10 @@ class Gathered:
     boot_end: BootEnd | None = None  # how the previous boot ended, when the guest could tell
     evidence: list[EvidenceItem] = field(default_factory=list)  # e.g. Proxmox tasks
     backend: str = "pstore_blk"
+    # When the current boot started, on the host's clock (None: unknown), and the guest's
+    # own list of its boots (``journalctl --list-boots`` lines): the ended boot's lifetime.
+    boot_started: float | None = None
+    boots: list[str] = field(default_factory=list)
 
 
 class VmHandle(Protocol):
@@ -61,20 +66,37 @@ class VmHandle(Protocol):
         """Erase exactly these records (they are archived and spooled)."""
 
 
+class VmStatus(str, Enum):
+    """What one sweep visit of a VM came to (a str, so JSON and comparisons read as before)."""
+
+    NOTHING = "nothing"
+    COLLECTED = "collected"
+    SKIPPED = "skipped"  # busy: picked up by the next sweep
+    NOT_PROVISIONED = "not_provisioned"  # in scope, but provision never ran for its backend: a state, not a failure
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
 @dataclass
 class VmResult:
     vmid: int
-    status: str  # nothing | collected | skipped | failed
+    status: VmStatus
     message: str = ""
     incident: str | None = None  # archive key
     verdict: str | None = None
     records: int = 0
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # e.g. config and provisioned backend disagree
 
     def to_json(self) -> dict:
-        return {"vmid": self.vmid, "status": self.status, "message": self.message,
+        return {"vmid": self.vmid, "status": VmStatus(self.status).value, "message": self.message,
                 "incident": self.incident, "verdict": self.verdict, "records": self.records,
-                "seconds": round(self.seconds, 3)}
+                "seconds": round(self.seconds, 3), "notes": list(self.notes)}
 
 
 VmState = VmStateStore  # the collector's name for pvepstore's per-VM state
@@ -94,6 +116,10 @@ class Collector:
         started = self.clock()
         with self.state.locked(handle.vmid):
             result = self._collect(handle)
+        note = getattr(handle, "note", "")
+        if note:
+            result.notes.append(note)
+            result.message = f"{result.message}; note: {note}" if result.message else f"note: {note}"
         result.seconds = self.clock() - started
         return result
 
@@ -114,10 +140,14 @@ class Collector:
         ended = None
         if got.boot_id and st.get("boot_id") and got.boot_id != st["boot_id"]:
             ended = st["boot_id"]
+        seen = {}
+        if got.boot_id:  # the current boot and when it started (the first sighting's start is kept)
+            started = st.get("boot_started") if got.boot_id == st.get("boot_id") else None
+            seen = {"boot_id": got.boot_id, "boot_started": started if started is not None else got.boot_started}
         if not records and ended is None:
-            if got.boot_id and got.boot_id != st.get("boot_id"):
-                self.state.update(vmid, boot_id=got.boot_id, last_seen=self.clock())
-            return VmResult(vmid, "nothing", "no records, no ended boot")
+            if seen and seen != {k: st.get(k) for k in seen}:
+                self.state.update(vmid, **seen, last_seen=self.clock())
+            return VmResult(vmid, VmStatus.NOTHING, "no records, no ended boot")
 
         evidence: list[EvidenceItem] = list(got.evidence)
         # Without a boot id (ivshmem: read on the host) a Shutdown dump marks the ended boot.
@@ -127,7 +157,11 @@ class Collector:
             evidence.append(ended_boot_evidence(end))
             more = getattr(handle, "boot_end_evidence", None)
             if more is not None:
-                evidence.extend(more())
+                # Only tasks inside the ended boot's lifetime may explain its end (issue 11 #17).
+                started = st.get("boot_started")
+                window = ended_window(ended, started if isinstance(started, (int, float)) else None,
+                                      got.boot_id, got.boot_started, got.boots)
+                evidence.extend(more(window))
         if boot_ended:
             evidence.extend(planned_reboot_evidence(st.get("planned_reboot")))
         now = datetime.fromtimestamp(self.clock(), tz=timezone.utc)
@@ -145,13 +179,12 @@ class Collector:
         self.checkpoint("state")
         changes = {"last_incident": incident.key, "last_collection": self.clock(),
                    "archived": (st.get("archived", []) + [r.sha256 for r in records])[-ARCHIVED_MEMORY:]}
-        if got.boot_id:
-            changes["boot_id"] = got.boot_id
+        changes.update(seen)
         if boot_ended:
             changes["planned_reboot"] = None
         self.state.update(vmid, **changes)
         if records:
             self.checkpoint("clear")
             handle.clear(records)
-        return VmResult(vmid, "collected", verdict["summary"], incident=incident.key,
+        return VmResult(vmid, VmStatus.COLLECTED, verdict["summary"], incident=incident.key,
                         verdict=verdict["kind"], records=len(records))

@@ -3,7 +3,11 @@
 * :class:`GuestVm` — a running guest over SSH (one connection, two commands when
   there is nothing to collect: read /sys/fs/pstore, boot history);
 * :class:`OfflineVm` — a powered-off VM's volume on the host (PVE's lock, checks);
-* :func:`open_vm` picks one from the VM's state.
+* :func:`open_vm` picks one from the VM's state and its backend (:func:`vm_backend`: the
+  config's ``vms.<id>.backend``, else what provision set up, else pstore_blk).
+
+An in-scope VM that was never provisioned for its backend is a state, not a failure:
+:class:`NotProvisioned` (the sweep reports it as ``not_provisioned`` and carries on).
 
 Proxmox task-log evidence is fetched only when a boot ended (it costs an API call).
 """
@@ -15,9 +19,9 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from ..analysis.bootend import BootEnd, task_evidence
+from ..analysis.bootend import BootEnd, BootWindow, task_evidence
 from ..analysis.evidence import EvidenceItem
-from ..errors import GuestError
+from ..errors import ConfigError, GuestError
 from ..guest import Guest
 from ..pstore.files import record_from_file
 from ..pstore.model import Record
@@ -26,7 +30,85 @@ from .collect import Gathered
 if TYPE_CHECKING:
     from ..config import Config
 
-_POWEROFF = re.compile(r"Power-Off|Power down|powering down|System Halt|halting", re.I)
+# systemd < 250 says "Reached target Power-Off.", later ones "poweroff.target - System Power Off.",
+# systemd-shutdown "Powering off."; the kernel "reboot: Power down".
+_POWEROFF = re.compile(r"Power[- ]Off|poweroff\.target|Powering off|Power down|powering down|System Halt|halting",
+                       re.I)
+
+
+class NotProvisioned(ConfigError):
+    """The VM is in scope but provision never set up its backend: nothing can hold records yet."""
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """Which backend a VM uses and why.
+
+    ``source``: "config" (``vms.<id>.backend``, or a top-level ``backend`` other than the
+    default), "provision" (what the last provision recorded; enough on its own) or "default".
+    ``provisioned``: provision set up this very backend and unprovision has not removed it.
+    ``mismatch``: the config and the provisioned state disagree (the config wins, and says so).
+    """
+
+    backend: str
+    source: str
+    provisioned: bool
+    mismatch: str = ""
+
+
+def recorded_backend(cfg: "Config", vmid: int) -> str | None:
+    """The backend the last provision set up for ``vmid`` (None: never, or unprovisioned since)."""
+    from ..pve import state
+
+    rec = state.provision_record(cfg, vmid)
+    if not rec or rec.get("removed"):
+        return None
+    if rec.get("backend") in ("ivshmem", "pstore_blk"):
+        return rec["backend"]
+    return "pstore_blk" if rec.get("volid") else None  # pstore_blk records predate the key
+
+
+def vm_backend(cfg: "Config", vmid: int) -> BackendChoice:
+    raw = cfg.vms.get(int(vmid), {})
+    recorded = recorded_backend(cfg, vmid)
+    if "backend" in raw:
+        configured, key = str(raw["backend"]), f"vms.{vmid}.backend"
+    elif cfg.backend != "pstore_blk":  # an explicit "backend: pstore_blk" cannot be told from the default
+        configured, key = cfg.backend, "backend"
+    else:
+        configured = key = None
+    if configured is None:
+        if recorded is not None:
+            return BackendChoice(recorded, "provision", True)
+        return BackendChoice("pstore_blk", "default", False)
+    mismatch = ""
+    if recorded is not None and recorded != configured:
+        mismatch = (f"{key} is {configured} but provision set up {recorded}: following the config "
+                    f"(run `pvepstore provision {vmid} --backend {configured}`, or drop {key})")
+    return BackendChoice(configured, "config", recorded == configured, mismatch)
+
+
+def _not_provisioned(vmid: int, choice: BackendChoice, what: str) -> NotProvisioned:
+    flag = " --backend ivshmem" if choice.backend == "ivshmem" else ""
+    why = f"; {choice.mismatch}" if choice.mismatch else ""
+    return NotProvisioned(f"VM {vmid} is not provisioned for {choice.backend} ({what}){why}",
+                          hint=f"run `pvepstore provision {vmid}{flag}`")
+
+
+def _has_ivshmem_records(cfg: "Config", vmid: int) -> bool:
+    from ..pve import ivshmem
+
+    name = ivshmem.shm_name(vmid)
+    return any(p.exists() for p in (cfg.paths.ivshmem_file(name), cfg.paths.ivshmem_keep(name),
+                                    ivshmem.durable_copy(cfg, vmid)))
+
+
+def _has_pstore_disk(conf: dict, serial: str) -> bool:
+    from ..pve.vmconfig import DRIVE_KEY_RE, parse_drive
+
+    pending = conf.get("pending") if isinstance(conf.get("pending"), dict) else {}
+    return any(DRIVE_KEY_RE.match(str(k)) and isinstance(v, str) and parse_drive(v).get("serial") == serial
+               for k, v in [*conf.items(), *pending.items()])
 
 
 def boot_end_from_history(history) -> BootEnd:
@@ -50,12 +132,14 @@ class GuestVm:
     # Returns the Proxmox tasks of this VM since a time (None: no API available).
     tasks: Callable[[float | None], list[dict]] | None = None
     backend: str = "pstore_blk"
-    _window: tuple[float, float] | None = field(default=None, repr=False)
+    note: str = ""  # said in the result (e.g. config and provisioned state disagree)
+    clock: Callable[[], float] = time.time  # the host's clock: Proxmox task times are on it
 
     def gather(self) -> Gathered:
         found = self.guest.read_records(max_bytes=max(self.max_record_bytes * 4, 16 << 20),
                                         record_bytes=self.max_record_bytes)
         history = self.guest.boot_history()
+        replied = self.clock()
         records: list[Record] = []
         for g in found:
             if g.truncated:
@@ -65,19 +149,22 @@ class GuestVm:
             rec = record_from_file(g.name, g.data, g.mtime)
             if rec is not None:
                 records.append(rec)
-        if history.uptime is not None and history.now is not None:
-            # Whatever ended the previous boot happened shortly before this boot started.
-            started = history.now - history.uptime
-            self._window = (started - 600, started + 60)
+        # When this boot's kernel started, on the HOST's clock (the guest's clock may be off;
+        # uptime is not): the latest moment the previous boot can have ended.
+        started = replied - history.uptime if history.uptime is not None and history.uptime >= 0 else None
         return Gathered(source="guest", records=records, boot_id=history.boot_id or None,
-                        boot_end=boot_end_from_history(history), backend=self.backend)
+                        boot_end=boot_end_from_history(history), backend=self.backend,
+                        boot_started=started, boots=list(history.boots))
 
-    def boot_end_evidence(self) -> list[EvidenceItem]:
-        """Proxmox tasks around the start of the current boot (only asked when a boot ended)."""
+    def boot_end_evidence(self, window: BootWindow) -> list[EvidenceItem]:
+        """The Proxmox task that ended the boot in ``window``, if one did (asked only when a boot ended)."""
         if self.tasks is None:
             return []
-        since, until = self._window or (time.time() - 3600, time.time())
-        return task_evidence(self.tasks(since), since=since, until=until)
+        end = window.end if window.end is not None else self.clock()
+        # A little before the boot's start too: the evidence names the tasks it did NOT use (the
+        # stop that ended the boot before, ...), so a reader sees why they do not explain this end.
+        since = (window.start if window.start is not None else end - 3000) - 600
+        return task_evidence(self.tasks(since), window)
 
     def close(self) -> None:
         self.guest.close()
@@ -104,6 +191,7 @@ class OfflineVm:
     vm: dict
     cfg: "Config"
     runner: object | None = None
+    note: str = ""
 
     def _parse(self, path):
         from ..pve import state
@@ -139,6 +227,7 @@ class IvshmemVm:
     vmid: int
     vm: dict
     cfg: "Config"
+    note: str = ""
     _image: object = field(default=None, repr=False)
 
     def gather(self) -> Gathered:
@@ -176,11 +265,14 @@ def open_vm(cfg: "Config", api, ref, local: str, *, allow_offline: bool = True,
     guest transport (default: an SSH connection; the sweep benchmark simulates one)."""
     node, vmid = ref.node, ref.vmid
     vm = {"vmid": vmid, "node": node, "name": ref.name}
-    if cfg.for_vm(vmid).backend == "ivshmem":
+    choice = vm_backend(cfg, vmid)
+    if choice.backend == "ivshmem":
         if node != local:
             raise GuestError(f"VM {vmid} runs on node {node}: its ivshmem records are in that "
                              "node's /dev/shm", hint="run the sweep on every node")
-        return IvshmemVm(vmid, vm, cfg)
+        if not choice.provisioned and not _has_ivshmem_records(cfg, vmid):
+            raise _not_provisioned(vmid, choice, "no ivshmem device set up, no records file")
+        return IvshmemVm(vmid, vm, cfg, note=choice.mismatch)
     # /cluster/resources may lag by seconds: good enough to pick the guest for a running
     # VM; a VM it calls stopped is re-checked under PVE's lock before its volume is read.
     status = ref.status
@@ -196,10 +288,19 @@ def open_vm(cfg: "Config", api, ref, local: str, *, allow_offline: bool = True,
                 params["since"] = max(0, int(since))
             return api.get(f"nodes/{node}/tasks", **params) or []
 
-        return GuestVm(vmid, vm, guest, cfg.collect.max_record_bytes, tasks, backend=vm_cfg.backend)
+        # A running guest is read through /sys/fs/pstore whatever set pstore up: never "not provisioned".
+        return GuestVm(vmid, vm, guest, cfg.collect.max_record_bytes, tasks, backend=choice.backend,
+                       note=choice.mismatch)
     if node != local:
         raise GuestError(f"VM {vmid} is {status} on node {node}",
                          hint="its volume can only be read on the node that owns it; run the sweep there")
     if not allow_offline:
         raise GuestError(f"VM {vmid} is not running", hint="collect.offline is off in the config")
-    return OfflineVm(vmid, vm, cfg)
+    if not choice.provisioned:
+        # Never provisioned and no pstore disk either: there is no volume to read (one API call,
+        # only for VMs provision has no record of).
+        conf = api.get(f"nodes/{node}/qemu/{vmid}/config") or {}
+        serial = cfg.for_vm(vmid).disk.serial
+        if not _has_pstore_disk(conf, serial):
+            raise _not_provisioned(vmid, choice, f"{status}, no disk with serial {serial}")
+    return OfflineVm(vmid, vm, cfg, note=choice.mismatch)

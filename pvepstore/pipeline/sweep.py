@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from ..errors import PvepstoreError, VmBusyError
-from .collect import Collector, VmHandle, VmResult
+from .collect import Collector, VmHandle, VmResult, VmStatus
+from .handles import NotProvisioned
 from .outbox import DeliveryReport, Sink
 
 
@@ -32,12 +33,13 @@ class SweepResult:
 
     @property
     def failed(self) -> list[VmResult]:
-        return [r for r in self.results if r.status == "failed"]
+        return [r for r in self.results if r.status == VmStatus.FAILED]
 
     def to_json(self) -> dict:
         counts: dict[str, int] = {}
         for r in self.results:
-            counts[r.status] = counts.get(r.status, 0) + 1
+            key = VmStatus(r.status).value
+            counts[key] = counts.get(key, 0) + 1
         doc = {"vms": [r.to_json() for r in self.results], "counts": counts, "seconds": round(self.seconds, 3)}
         if self.delivery is not None:
             doc["delivery"] = {"delivered": len(self.delivery.delivered), "failed": self.delivery.failed,
@@ -81,11 +83,14 @@ def run_sweep(targets: Sequence[Target], collector: Collector, sinks: Sequence[S
             handle = opener()
             res = collector.collect(handle)
         except VmBusyError as exc:
-            res = VmResult(vmid, "skipped", exc.message)
+            res = VmResult(vmid, VmStatus.SKIPPED, exc.message)
+        except NotProvisioned as exc:  # a state to report (with what to run), not a failure
+            res = VmResult(vmid, VmStatus.NOT_PROVISIONED, f"not provisioned: {exc.hint}" if exc.hint else
+                           exc.message, notes=[exc.message])
         except PvepstoreError as exc:
-            res = VmResult(vmid, "failed", exc.message + (f" ({exc.hint})" if exc.hint else ""))
+            res = VmResult(vmid, VmStatus.FAILED, exc.message + (f" ({exc.hint})" if exc.hint else ""))
         except Exception as exc:  # one VM's bug must not end the sweep of the others
-            res = VmResult(vmid, "failed", f"internal error: {type(exc).__name__}: {exc}")
+            res = VmResult(vmid, VmStatus.FAILED, f"internal error: {type(exc).__name__}: {exc}")
         finally:
             close = getattr(handle, "close", None)
             if close is not None:
@@ -113,7 +118,7 @@ def run_sweep(targets: Sequence[Target], collector: Collector, sinks: Sequence[S
                     res = fut.result()
                 elif now - t0 > vm_timeout:
                     # The worker keeps running until its transport times out; its result is dropped.
-                    res = VmResult(vmid, "failed", f"timed out after {vm_timeout:.0f} s", seconds=now - t0)
+                    res = VmResult(vmid, VmStatus.FAILED, f"timed out after {vm_timeout:.0f} s", seconds=now - t0)
                 else:
                     continue
                 del pending[fut]

@@ -694,6 +694,15 @@ def _stop(pve: FakePve, p: dict, user: str):
     return pve.new_task(vm.node, "qmstop", str(vm.vmid), user)
 
 
+def _shutdown(pve: FakePve, p: dict, user: str):
+    """A clean ACPI shutdown: the guest powers off in order (the fake guest always complies)."""
+    vm = pve.vm_of(p)
+    if not vm.running:
+        raise PveFailure(500, f"VM {vm.vmid} not running")
+    pve.stop_qemu(vm.vmid)
+    return pve.new_task(vm.node, "qmshutdown", str(vm.vmid), user)
+
+
 def _agent_enabled(vm: FakeVm) -> bool:
     value = vm.config.get("agent", "0")
     first = value.split(",")[0]
@@ -797,6 +806,7 @@ ROUTES: dict[tuple[str, str], Callable] = {
     ("POST", "/nodes/{node}/qemu/{vmid}/status/reboot"): _reboot,
     ("POST", "/nodes/{node}/qemu/{vmid}/status/start"): _start,
     ("POST", "/nodes/{node}/qemu/{vmid}/status/stop"): _stop,
+    ("POST", "/nodes/{node}/qemu/{vmid}/status/shutdown"): _shutdown,
     ("GET", "/nodes/{node}/qemu/{vmid}/agent/network-get-interfaces"): _agent_interfaces,
     ("GET", "/nodes/{node}/tasks"): _task_list,
     ("GET", "/nodes/{node}/tasks/{upid}/status"): _task_status,

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
 from pvepstore.cli import ExitStatus
-from tests.conftest import load_fixtures, run_cli
+from tests.conftest import FIXTURES as FIX_DIR, load_fixtures, run_cli
 from tests.pipeline.receiver import Receiver
 
 FIXTURES = {f.name: f for f in load_fixtures()}
+OOPS = (FIX_DIR / "oops-nocompress" / "kernel" / "dmesg-pstore_blk-0").read_bytes()
 
 
 @pytest.fixture
@@ -40,7 +42,8 @@ def test_sweep_collects_archives_forwards_and_clears_then_does_nothing(stopped_v
         assert "pvepstore_oops_write" in event["data"]["verdict"]["summary"]
         # the archive holds the kernel's exact bytes
         r = run_cli("--config", str(config), "incidents", "list", "--json")
-        (row,) = r.json
+        (row,) = r.json["incidents"]
+        assert r.json["skipped"] == []
         shown = run_cli("--config", str(config), "incidents", "show", row["id"])
         assert "BUG: kernel NULL pointer dereference" in shown.stdout
         archived = fake.state_dir / "archive" / "101" / row["id"] / "records"
@@ -94,6 +97,8 @@ def test_incidents_on_an_empty_archive_and_bad_ids(tmp_path):
 def test_a_vm_that_disappears_mid_sweep_fails_alone(stopped_vm_with_oopses, unpack_dir):
     fake, vol, fx = stopped_vm_with_oopses
     fake.add_vm(103, config={"tags": "pvepstore"}, disk_storage="local")
+    vol103 = fake.allocate("local", 103, 1 << 20)  # provisioned: a pstore disk is attached
+    fake.set_config(103, virtio1=f"{vol103.volid},backup=0,discard=on,replicate=0,serial=pvepstore,size=1M")
     config = fake.config_file()
     from pvepstore.pipeline import handles
     real_open = handles.OfflineVm.gather
@@ -126,3 +131,109 @@ def test_a_corrupt_volume_is_reported_not_fatal(fakepve):
     (vm,) = r.json["vms"]
     assert vm["status"] in ("nothing", "collected", "failed")
     assert "internal error" not in vm["message"]
+
+
+# -- issue 11 #17: the task that ended the PREVIOUS boot is never blamed -----------------------------
+
+class RunningGuest:
+    """The guest side of a running VM 101 as the sweep's SSH transport sees it (wire-format replies)."""
+
+    def __init__(self):
+        self.boot_id, self.uptime, self.history = "", 0.0, []  # history: boot ids, oldest first
+        self.tail = ""
+        self.records: dict[str, bytes] = {}
+
+    def boot(self, boot_id: str, uptime: float, tail: str = "") -> None:
+        self.boot_id, self.uptime, self.tail = boot_id, uptime, tail
+        self.history.append(boot_id)
+
+    def connect(self, target):
+        from pvepstore.guest.testing import FakeTransport, Recorded, reply
+
+        recs = [("rec", n, str(len(d)), str(int(time.time())), d) for n, d in sorted(self.records.items())]
+        boots = "\n".join(f"{i - len(self.history) + 1:>2} {b.replace('-', '')} Thu 2026-11-26 04:43:34 UTC"
+                          for i, b in enumerate(self.history))
+        history = reply(("boot_id", self.boot_id), ("uptime", f"{self.uptime:.2f}"), ("uname", "6.1.0-56-amd64"),
+                        ("now", str(int(time.time()))), ("persistent", "yes"), ("boots", boots),
+                        ("prev_tail", self.tail))
+        guest = self
+
+        class Transport(FakeTransport):
+            def run(self, name, script, args, **kw):
+                if name == "clear":
+                    for n in args:
+                        guest.records.pop(str(n), None)
+                return super().run(name, script, args, **kw)
+
+        return Transport([Recorded("records", 0, reply(("pstorefs", "pstore"), *recs)),
+                          Recorded("history", 0, history),
+                          Recorded("clear", 0, reply(*[("cleared", n, "ok") for n in self.records]))])
+
+
+BOOT_A, BOOT_B, BOOT_C = ("%08x-1111-2222-3333-444455556666" % i for i in (0xA, 0xB, 0xC))
+POWEROFF_TAIL = ("1750000000.1 vm101 systemd[1]: Reached target poweroff.target - System Power Off.\n"
+                 "1750000000.2 vm101 systemd-journald[1]: Journal stopped\n")
+
+
+@pytest.fixture
+def running_vm(fakepve, monkeypatch):
+    from pvepstore.guest import SshTransport
+    from pvepstore.pve.api import connect
+
+    fakepve.add_vm(101, config={"tags": "pvepstore"}, disk_storage="local")
+    fakepve.start_qemu(101)
+    guest = RunningGuest()
+    monkeypatch.setattr(SshTransport, "connect", staticmethod(guest.connect))
+    config = fakepve.config_file(vms={101: {"ssh": {"host": "10.0.0.101"}}})
+    return fakepve, guest, config, connect(fakepve.load_config())
+
+
+def _api_task(fake, api, action: str, at: float) -> None:
+    """POST status/<action> through the fake API; the task is dated ``at`` (as if it ran then)."""
+    upid = api.write("POST", f"nodes/pve1/qemu/101/status/{action}", why=action)
+    fake.tasks[upid].starttime = int(at)
+
+
+def _sweep(config):
+    r = run_cli("--config", str(config), "sweep", "--json")
+    assert r.status == ExitStatus.SUCCESS, r.stderr
+    (vm,) = r.json["vms"]
+    return vm
+
+
+@pytest.mark.parametrize("seen_boot_b", [False, True], ids=["B-never-seen", "B-seen-running"])
+def test_stop_start_oops_then_clean_shutdown_never_blames_the_earlier_stop(running_vm, seen_boot_b):
+    fake, guest, config, api = running_vm
+    now = time.time()
+    guest.boot(BOOT_A, uptime=400)  # boot A started at now-400
+    assert _sweep(config)["status"] == "nothing"  # pvepstore now knows boot A and when it started
+    _api_task(fake, api, "stop", now - 350)  # ends boot A
+    _api_task(fake, api, "start", now - 345)
+    guest.boot(BOOT_B, uptime=340)  # boot B from now-340
+    if seen_boot_b:
+        assert _sweep(config)["status"] == "collected"  # A ended: collected, B's start recorded
+    guest.records["dmesg-pstore_blk-0"] = OOPS
+    _api_task(fake, api, "shutdown", now - 100)  # ends boot B, cleanly
+    _api_task(fake, api, "start", now - 60)
+    # All within ten minutes: the old rule (any task from 600 s before this boot's start) took the
+    # stop that ended boot A for the end of boot B and said host_stop.
+    guest.boot(BOOT_C, uptime=50, tail=POWEROFF_TAIL)
+    vm = _sweep(config)
+    assert vm["status"] == "collected" and vm["verdict"] != "host_stop", vm
+    evidence = _evidence(fake, vm)
+    tasks = [e for e in evidence if e["source"] == "pve_task"]
+    blamed = [e for e in tasks if e["suggests"]]
+    assert all(e["details"]["type"] != "qmstop" for e in blamed)
+    if seen_boot_b:  # B's lifetime is known: the shutdown inside it explains its end
+        assert [e["details"]["type"] for e in blamed] == ["qmshutdown"]
+        assert vm["verdict"] == "orderly_poweroff"
+        assert any("qmstop" in e["summary"] and "outside the ended boot's lifetime" in e["summary"] for e in tasks)
+    else:  # pvepstore never saw B start: no task is attributed, and the evidence says why
+        assert not blamed and vm["verdict"] == "kernel_oops"
+        assert any("not attributed" in e["summary"] and "ran between" in e["summary"] for e in tasks)
+    kinds = {e["suggests"] for e in evidence}
+    assert {"kernel_oops", "orderly_poweroff"} <= kinds  # the record and the boot history both speak
+
+
+def _evidence(fake, vm) -> list[dict]:
+    return json.loads((fake.state_dir / "archive" / "101" / vm["incident"] / "evidence.json").read_text())
