@@ -117,17 +117,32 @@ def fifo(directory: Path) -> Built:
     return path, []
 
 
-BUILDERS: dict[str, Callable[[Path], Built]] = {
-    "xz_bomb": xz_bomb,
-    "sparse_ramoops": sparse_ramoops,
-    "full_blk_128m": full_blk_128m,
-    "full_blk_128m_deflate": lambda d: full_blk_128m(d, fixture="oops-deflate"),
-    "huge_digit_header": huge_digit_header,
-    "ramoops_many_cpus": ramoops_many_cpus,
-    "zero_size_zones": zero_size_zones,
-    "malformed_front": malformed_front,
-    "fifo": fifo,
+def _cached(build: Callable[[Path], Built]) -> Callable[[Path], Built]:
+    """Build once per directory: a harness calls a builder once per output mode."""
+    done: dict[Path, Built] = {}
+
+    def wrapper(directory: Path) -> Built:
+        key = Path(directory).resolve()
+        if key not in done or not done[key][0].exists():
+            done[key] = build(Path(directory))
+        return done[key]
+    wrapper.__doc__ = build.__doc__
+    return wrapper
+
+
+# Images for `pvepstore parse <path> *argv` (any output mode); file names differ, so
+# every builder may share one directory.
+IMAGE_BUILDERS: dict[str, Callable[[Path], Built]] = {
+    "xz_bomb": _cached(xz_bomb),
+    "sparse_ramoops_1g": _cached(sparse_ramoops),
+    "full_blk_128m": _cached(full_blk_128m),
+    "full_blk_128m_deflate": _cached(lambda d: full_blk_128m(d, fixture="oops-deflate")),
+    "huge_digit_header": _cached(huge_digit_header),
+    "ramoops_many_cpus": _cached(ramoops_many_cpus),
+    "zero_size_zones": _cached(zero_size_zones),
+    "malformed_front": _cached(malformed_front),
 }
+BUILDERS: dict[str, Callable[[Path], Built]] = {**IMAGE_BUILDERS, "fifo": fifo}
 
 
 def build_all(directory: Path) -> dict[str, Built]:

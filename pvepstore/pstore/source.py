@@ -45,23 +45,23 @@ def open_input(path: str | os.PathLike[str], *, allow_block: bool = True,
         if what is None and stat.S_ISBLK(before.st_mode) and not allow_block:
             what = "a block device"
         if what is not None:
-            raise InputError(f"{name}: is {what}, not a file that can be read", hint=hint)
+            raise InputError(f"cannot read {name}: it is {what}", hint=hint)
         flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
         fd = os.open(name, flags)
     except FileNotFoundError:
-        raise InputError(f"{name}: no such file or device", hint=hint) from None
+        raise InputError(f"cannot read {name}: no such file or device", hint=hint) from None
     except PermissionError:
-        raise InputError(f"{name}: permission denied",
+        raise InputError(f"cannot read {name}: permission denied",
                          hint="reading it needs read permission (a block device needs root)") from None
     except OSError as exc:
-        raise InputError(f"{name}: cannot open: {exc.strerror}", hint=hint) from None
+        raise InputError(f"cannot read {name}: {exc.strerror}", hint=hint) from None
     try:
         after = os.fstat(fd)
         what = _kind_of(after.st_mode)
         if what is None and stat.S_ISBLK(after.st_mode) and not allow_block:
             what = "a block device"
         if what is not None:
-            raise InputError(f"{name}: is {what}, not a file that can be read", hint=hint)
+            raise InputError(f"cannot read {name}: it is {what}", hint=hint)
     except BaseException:
         os.close(fd)
         raise
