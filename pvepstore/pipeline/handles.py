@@ -88,14 +88,14 @@ def vm_backend(cfg: "Config", vmid: int) -> BackendChoice:
     return BackendChoice(configured, "config", recorded == configured, mismatch)
 
 
-def _not_provisioned(vmid: int, choice: BackendChoice, what: str) -> NotProvisioned:
+def not_provisioned_error(vmid: int, choice: BackendChoice, what: str) -> NotProvisioned:
     flag = " --backend ivshmem" if choice.backend == "ivshmem" else ""
     why = f"; {choice.mismatch}" if choice.mismatch else ""
     return NotProvisioned(f"VM {vmid} is not provisioned for {choice.backend} ({what}){why}",
                           hint=f"run `pvepstore provision {vmid}{flag}`")
 
 
-def _has_ivshmem_records(cfg: "Config", vmid: int) -> bool:
+def has_ivshmem_records(cfg: "Config", vmid: int) -> bool:
     from ..pve import ivshmem
 
     name = ivshmem.shm_name(vmid)
@@ -270,8 +270,8 @@ def open_vm(cfg: "Config", api, ref, local: str, *, allow_offline: bool = True,
         if node != local:
             raise GuestError(f"VM {vmid} runs on node {node}: its ivshmem records are in that "
                              "node's /dev/shm", hint="run the sweep on every node")
-        if not choice.provisioned and not _has_ivshmem_records(cfg, vmid):
-            raise _not_provisioned(vmid, choice, "no ivshmem device set up, no records file")
+        if not choice.provisioned and not has_ivshmem_records(cfg, vmid):
+            raise not_provisioned_error(vmid, choice, "no ivshmem device set up, no records file")
         return IvshmemVm(vmid, vm, cfg, note=choice.mismatch)
     # /cluster/resources may lag by seconds: good enough to pick the guest for a running
     # VM; a VM it calls stopped is re-checked under PVE's lock before its volume is read.
@@ -302,5 +302,5 @@ def open_vm(cfg: "Config", api, ref, local: str, *, allow_offline: bool = True,
         conf = api.get(f"nodes/{node}/qemu/{vmid}/config") or {}
         serial = cfg.for_vm(vmid).disk.serial
         if not _has_pstore_disk(conf, serial):
-            raise _not_provisioned(vmid, choice, f"{status}, no disk with serial {serial}")
+            raise not_provisioned_error(vmid, choice, f"{status}, no disk with serial {serial}")
     return OfflineVm(vmid, vm, cfg, note=choice.mismatch)

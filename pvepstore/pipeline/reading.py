@@ -4,6 +4,10 @@ A running VM's volume is never touched from the host: if the guest cannot be
 reached, the read fails with a hint instead of falling back to the volume.
 Offline reads need no API at all (everything comes from host_root), so
 ``read --offline`` also works when pveproxy is down.
+
+A VM on the ivshmem backend (``vms.<id>.backend``, else what provision recorded: see
+:func:`pvepstore.pipeline.handles.vm_backend`) is read from its ramoops memory on the
+host in any VM state, with or without ``--offline``.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ from ..pve.address import resolve_address
 from ..pve.commands import CommandRunner
 from ..pve.inventory import local_node, locate
 from ..pve.locking import qemu_pid
+from .handles import has_ivshmem_records, not_provisioned_error, vm_backend
 from .provision import Context
 
 
 @dataclass
 class ReadResult:
     vmid: int
-    source: str  # guest | offline
+    source: str  # guest | offline | ivshmem-live | ivshmem-keep | ivshmem-durable
     offline: offline_mod.OfflineRead | None = None
     guest_records: list = field(default_factory=list)
     cleared: list[str] = field(default_factory=list)
@@ -33,13 +38,30 @@ class ReadResult:
     def to_json(self) -> dict:
         if self.offline is not None:
             return self.offline.to_json()
-        return {"vmid": self.vmid, "source": "guest",
+        return {"vmid": self.vmid, "source": self.source,
                 "records": [{**r.to_json(), "text": r.data.decode("utf-8", "replace")} for r in self.guest_records],
                 "cleared": self.cleared, "not_cleared": self.not_cleared}
 
 
+def read_ivshmem(cfg: Config, vmid: int, *, clear: bool = False) -> ReadResult:
+    """The ramoops records in the VM's ivshmem memory (live file, keep link or durable copy)."""
+    from ..pve import ivshmem
+
+    choice = vm_backend(cfg, vmid)
+    if not choice.provisioned and not has_ivshmem_records(cfg, vmid):
+        raise not_provisioned_error(vmid, choice, "no ivshmem device set up, no records file")
+    image = ivshmem.read_image(cfg, vmid)
+    records = [r for r in ivshmem.parse_image(cfg, vmid, image).records if not r.erased]
+    res = ReadResult(vmid, f"ivshmem-{image.source}", guest_records=records)
+    if clear and records:
+        res.cleared = list(ivshmem.clear_records(cfg, vmid, image, records) or [])
+    return res
+
+
 def read_offline(cfg: Config, vmid: int, *, clear: bool = False,
                  runner: CommandRunner | None = None) -> ReadResult:
+    if vm_backend(cfg, vmid).backend == "ivshmem":
+        return read_ivshmem(cfg, vmid, clear=clear)
     got = offline_mod.read_offline(cfg, vmid, clear=clear, runner=runner)
     return ReadResult(vmid, "offline", offline=got, cleared=got.cleared)
 
@@ -47,7 +69,7 @@ def read_offline(cfg: Config, vmid: int, *, clear: bool = False,
 def read(ctx: Context, vmid: int, *, offline: bool = False, clear: bool = False,
          max_bytes: int = 4 << 20) -> ReadResult:
     cfg = ctx.cfg
-    if offline:
+    if offline or vm_backend(cfg, vmid).backend == "ivshmem":  # ivshmem memory is read on the host
         return read_offline(cfg, vmid, clear=clear, runner=ctx.runner)
     api = ctx.api
     vm = locate(api, vmid)

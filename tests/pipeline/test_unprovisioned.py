@@ -102,3 +102,29 @@ def test_backend_choice_matrix(fakepve):
     state.update(base, 100, provision={**IVSHMEM_RECORD, "removed": 2})  # unprovisioned since
     assert vm_backend(base, 100).source == "default"
     assert vm_backend(agree, 100).provisioned is False
+
+
+@pytest.mark.parametrize("offline", [False, True], ids=["read", "read-offline"])
+def test_read_follows_the_provisioned_backend_too(fakepve, offline):
+    fakepve.add_vm(100, config={"tags": "pvepstore", "ivshmem": ivshmem.ivshmem_option(100)})
+    config = fakepve.config_file()
+    flags = ["--offline"] if offline else []
+    r = run_cli("--config", str(config), "read", "100", *flags)
+    assert r.status not in (0, 1), r.stderr  # pstore_blk (the default), no disk: a clear error, not a bug
+    cfg = fakepve.load_config()
+    state.update(cfg, 100, provision=IVSHMEM_RECORD)
+    live = cfg.paths.ivshmem_file(ivshmem.shm_name(100))
+    live.parent.mkdir(parents=True, exist_ok=True)
+    live.write_bytes(bytes(guest_memory((0, PANIC_LONG, True)).mem))
+    r = run_cli("--config", str(config), "read", "100", "--json", *flags)
+    assert r.status == ExitStatus.SUCCESS, r.stderr
+    assert r.json["source"] == "ivshmem-live" and [x["reason"] for x in r.json["records"]] == ["Panic"]
+    human = run_cli("--config", str(config), "read", "100", *flags)
+    assert "read from its ivshmem memory on the host (ivshmem-live)" in human.stdout
+
+
+def test_read_of_an_ivshmem_vm_never_provisioned_says_what_to_run(fakepve):
+    fakepve.add_vm(100, config={"tags": "pvepstore"})
+    r = run_cli("--config", str(fakepve.config_file(vms={100: {"backend": "ivshmem"}})), "read", "100", "--offline")
+    assert r.status == ExitStatus.CONFIG
+    assert "not provisioned for ivshmem" in r.stderr and "pvepstore provision 100 --backend ivshmem" in r.stderr
