@@ -131,7 +131,8 @@ def read_command(
         for line in render_summary(got.result):
             env.out(line)
     else:
-        env.out(f"VM {vmid}: read through the guest")
+        env.out(f"VM {vmid}: " + (f"read from its ivshmem memory on the host ({result.source})"
+                                  if result.source.startswith("ivshmem") else "read through the guest"))
         if not result.guest_records:
             env.out("no records")
         for rec in result.guest_records:
