@@ -15,6 +15,12 @@ from .render import render_summary
 from .status import ExitStatus
 
 
+def _progress(env, text: str) -> None:
+    """A long wait, said once on stderr (stdout stays the summary or the JSON document)."""
+    env.stderr.write(f"{env.program_name}: {terminal_safe(text)}\n")
+    env.stderr.flush()
+
+
 def _dump(env, doc) -> None:
     env.out(json.dumps(doc, indent=2, ensure_ascii=True, default=str))
 
@@ -39,7 +45,7 @@ def provision_command(
     cfg = env.load_config()
     if backend is not None and backend not in ("pstore_blk", "ivshmem"):
         raise typer.BadParameter("must be pstore_blk or ivshmem", param_hint="--backend")
-    context = prov.make_context(cfg, dry_run=dry_run)
+    context = prov.make_context(cfg, dry_run=dry_run, progress=lambda text: _progress(env, text))
     result = prov.provision(context, vmid, dry_run=dry_run, reboot=reboot, backend=backend, restart=restart,
                             hook_storage=hook_storage)
     if as_json:

@@ -62,7 +62,7 @@ def check_privileges(api: PveApi, needs: Needs, token_id: str | None) -> None:
     text = "; ".join(f"{priv.value} on {path} ({why})" for path, priv, why in missing)
     path, priv, _ = missing[0]
     raise PveError(f"{who} lacks {text}; nothing was changed",
-                   hint=f"grant it, e.g. `pveum acl modify {path} --tokens {token_id or '<USER@REALM!NAME>'} "
+                   hint=f"grant what is missing, e.g. `pveum acl modify {path} --tokens {token_id or '<USER@REALM!NAME>'} "
                         f"--roles <a role with {priv.value}>` (README: 'API token, minimal privileges')")
 
 

@@ -251,8 +251,13 @@ def _server_errors(errors: Any) -> dict[str, str]:
 
 def _translate(exc: Any, method: str, path: str) -> ApiError:
     status = getattr(exc, "status_code", 0) or 0
-    reason = server_text(getattr(exc, "content", "") or getattr(exc, "status_message", ""))
-    errors = _server_errors(getattr(exc, "errors", None))
+    raw_errors = getattr(exc, "errors", None)
+    content = getattr(exc, "content", "") or ""
+    suffix = f" - {raw_errors}"  # proxmoxer appends the repr of ``errors`` to ``content``
+    if raw_errors is not None and isinstance(content, str) and content.endswith(suffix):
+        content = content[:-len(suffix)]
+    reason = server_text(content or getattr(exc, "status_message", ""))
+    errors = _server_errors(raw_errors)
     params = {k: v for k, v in errors.items() if k}
     detail = "; ".join(f"{k}: {v}" if k else v for k, v in errors.items() if v != reason)
     message = f"{method} /{path}: {status} {reason}".strip() + (f": {detail}" if detail else "")

@@ -88,3 +88,96 @@ class TestFakeTransport:
         with connect(GuestTarget("vm"), transport=t) as g:
             assert g.transport is t
         assert t.closed
+
+
+# -- library logging never reaches the terminal (issue 11 #19) ----------------------------------
+
+class GarbageSshd:
+    """A real socket that accepts, sends a non-SSH line and closes: paramiko's transport thread
+    fails with "Error reading SSH protocol banner" and logs it with a traceback."""
+
+    def __init__(self):
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            try:
+                conn.sendall(b"garbage \x1b[31mnot ssh\r\n")
+            finally:
+                conn.close()
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def garbage_sshd():
+    srv = GarbageSshd()
+    yield srv
+    srv.close()
+
+
+@pytest.fixture
+def bare_root_logger():
+    """The logging of a plain CLI run: no handler on the root logger (pytest installs its own,
+    which would hide what Python's last-resort handler prints to stderr)."""
+    import logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers = []
+    try:
+        yield
+    finally:
+        root.handlers = saved
+
+
+def garbage_target(tmp_path, port) -> GuestTarget:
+    key = tmp_path / "id"
+    key.write_text("unused: the handshake fails before authentication")
+    return GuestTarget("127.0.0.1", port=port, key_file=str(key), known_hosts=str(tmp_path / "kh"),
+                       connect_timeout=5, label="VM 100")
+
+
+def test_a_broken_ssh_banner_is_one_guest_error_and_no_traceback(tmp_path, garbage_sshd, bare_root_logger,
+                                                                 capfd):
+    import logging
+
+    seen = []
+
+    class Spy(logging.Handler):
+        def emit(self, record):
+            seen.append(record)
+    spy = Spy(logging.DEBUG)
+    logging.getLogger("pvepstore.lib").addHandler(spy)
+    logging.getLogger("pvepstore.lib").setLevel(logging.DEBUG)
+    try:
+        for _ in range(3):
+            with pytest.raises(GuestError) as exc:
+                SshTransport.connect(garbage_target(tmp_path, garbage_sshd.port))
+            assert "\n" not in exc.value.message and "\x1b" not in exc.value.message and exc.value.hint
+        import time
+        time.sleep(0.2)  # paramiko's transport threads log after the client gave up
+    finally:
+        logging.getLogger("pvepstore.lib").removeHandler(spy)
+    out, err = capfd.readouterr()
+    assert garbage_sshd.accepted == 3
+    assert "Traceback" not in err and "Exception (client)" not in err and "paramiko" not in err, err
+    # what paramiko said is kept, one line per event at DEBUG, without the traceback frames
+    lines = [r.getMessage() for r in seen]
+    assert any("Error reading SSH protocol banner" in m for m in lines), lines
+    assert all(r.levelno == logging.DEBUG and "\n" not in r.getMessage() for r in seen)
+    assert not any(m.split(": ", 1)[-1].startswith(("Traceback", " ")) for m in lines)
