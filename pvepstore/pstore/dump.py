@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from .inflate import inflate_raw
 from .model import REASONS
 
-_PART_HEADER = re.compile(rb"^(\w+)#(\d+) Part(\d+)\n")
+# "%s#%d Part%u\n" (pstore_dump): at most 10 digits each; longer is not the kernel's line
+_PART_HEADER = re.compile(rb"^(\w{1,32})#(\d{1,10}) Part(\d{1,10})\n")
 _REASON_CODES = {name: code for code, name in REASONS.items()}
 
 

@@ -9,7 +9,8 @@ from .model import Kind, Record
 
 # pstore_mkfile(): "%s-%s-%llu%s" = type, backend, id, ".enc.z" when still compressed
 _NAME = re.compile(r"^(dmesg|console|pmsg|ftrace)-([A-Za-z0-9_]+)-(\d{1,20})(\.enc\.z)?$")
-_TOTAL = re.compile(rb"^(\w+): Total (-?\d+) times\n")
+# "%s: Total %d times\n" (psz_kmsg_read): an int, at most 10 digits
+_TOTAL = re.compile(rb"^(\w{1,32}): Total (-?\d{1,10}) times\n")
 
 
 def parse_name(name: str) -> tuple[Kind, str, int, bool] | None:
