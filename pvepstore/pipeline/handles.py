@@ -65,7 +65,7 @@ def recorded_backend(cfg: "Config", vmid: int) -> str | None:
         return None
     if rec.get("backend") in ("ivshmem", "pstore_blk"):
         return rec["backend"]
-    return "pstore_blk" if rec.get("volid") else None  # pstore_blk records predate the key
+    return "pstore_blk"  # provision writes the key only for ivshmem; pstore_blk records predate it
 
 
 def vm_backend(cfg: "Config", vmid: int) -> BackendChoice:
