@@ -3,9 +3,16 @@
 Lookup: ``--config FILE`` → ``$PVEPSTORE_CONFIG`` → ``/etc/pvepstore/config.yaml``.
 A missing default file means "all defaults"; a missing explicit file is an
 error.  Every invalid value is reported as one :class:`ConfigError` naming the
-key (``vms.101.ssh.port: must be an integer between 1 and 65535``).  A file
-that holds a secret must not be readable by other users.
+key (``vms.101.ssh.port: must be an integer from 1 to 65535 (got 0)``): each
+key has a :class:`~pvepstore.configcheck.Spec` (type, range, finiteness, form)
+and one function checks them all.  A file that holds a secret must not be
+readable by other users.  Reading is bounded (``configload``).
 ``config.example.yaml`` documents every key.
+
+Paths: ``host_root`` re-roots only the Proxmox host paths pvepstore knows by
+itself (``hostpaths.HostPaths``, including the default CA ``api.verify_ssl:
+proxmox``).  Every path the operator writes here (``state_dir``, key files,
+a CA file, sink paths) is taken exactly as given.
 """
 
 from __future__ import annotations
@@ -17,28 +24,40 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
+from .configcheck import Kind, Spec, check, key_name, shown
+from .configload import parse_yaml, read_config_text
 from .errors import ConfigError
-from .hostpaths import DEFAULT_ROOT, ENV_ROOT, HostPaths
+from .hostpaths import DEFAULT_ROOT, ENV_ROOT, PROXMOX_CA, HostPaths
 
 DEFAULT_CONFIG = "/etc/pvepstore/config.yaml"
 ENV_CONFIG = "PVEPSTORE_CONFIG"
 SERIAL_RE = re.compile(r"^[A-Za-z0-9_-]{1,20}$")  # virtio-blk shows at most 20 bytes
 BACKENDS = ("pstore_blk", "ivshmem")
+DAY = 86400.0
+
+_HOST = Spec(Kind.STR, pattern=r"[A-Za-z0-9_.:\[\]%-]+", form="a host name or IP address")
+_PORT = Spec(Kind.INT, lo=1, hi=65535)
+_TIMEOUT = Spec(Kind.SECONDS, hi=DAY)  # threading refuses waits beyond ~292 years; a day is plenty
+_PATH = Spec(Kind.PATH)
+
+
+def _key(default: Any, spec: Spec) -> Any:
+    """A dataclass field with its validation spec."""
+    return field(default=default, metadata={"spec": spec})
 
 
 @dataclass(frozen=True)
 class ApiConfig:
-    backend: str = "https"  # https | local (pvesh on this node)
-    host: str = "127.0.0.1"
-    port: int = 8006
-    user: str = "root@pam"
-    token_name: str = "pvepstore"
-    token_value: str | None = field(default=None, repr=False)
-    token_value_file: str | None = None
-    verify_ssl: bool | str = "/etc/pve/pve-root-ca.pem"  # a path is taken under host_root
-    timeout: float = 30.0
+    backend: str = _key("https", Spec(Kind.CHOICE, choices=("https", "local")))  # local: pvesh on this node
+    host: str = _key("127.0.0.1", _HOST)
+    port: int = _key(8006, _PORT)
+    user: str = _key("root@pam", Spec(Kind.STR))
+    token_name: str = _key("pvepstore", Spec(Kind.STR))
+    token_value: str | None = field(default=None, repr=False, metadata={"spec": Spec(Kind.STR, optional=True)})
+    token_value_file: str | None = _key(None, Spec(Kind.PATH, optional=True))
+    # "proxmox": the node's cluster CA, HostPaths.pve_root_ca (under host_root); a path is taken as given.
+    verify_ssl: bool | str = _key(PROXMOX_CA, Spec(Kind.CA, proxmox_ca=True))
+    timeout: float = _key(30.0, Spec(Kind.SECONDS, lo=30, hi=DAY, hint="PVE tasks are slow to answer"))
 
     def secret(self) -> str | None:
         """The token secret, read from ``token_value_file`` when that is set."""
@@ -47,56 +66,62 @@ class ApiConfig:
             _check_private(path, "api.token_value_file")
             try:
                 return path.read_text().strip()
-            except OSError as exc:
-                raise ConfigError(f"api.token_value_file: cannot read {path}: {exc.strerror}") from None
+            except (OSError, UnicodeDecodeError) as exc:
+                why = getattr(exc, "strerror", None) or "not UTF-8 text"
+                raise ConfigError(f"api.token_value_file: cannot read {path}: {why}") from None
         return self.token_value
 
 
 @dataclass(frozen=True)
 class SshConfig:
-    host: str | None = None  # None: found through Proxmox (cloud-init, guest agent)
-    port: int = 22
-    user: str = "root"
-    key_file: str = "/etc/pvepstore/id_ed25519"
-    known_hosts: str = "/etc/pvepstore/known_hosts"
-    trust_on_first_use: bool = False
-    connect_timeout: float = 10.0
-    command_timeout: float = 60.0
+    host: str | None = _key(None, replace(_HOST, optional=True))  # None: found through Proxmox
+    port: int = _key(22, _PORT)
+    user: str = _key("root", Spec(Kind.STR, pattern=r"[a-z_][a-z0-9_.-]{0,31}", form="a user name"))
+    key_file: str = _key("/etc/pvepstore/id_ed25519", _PATH)
+    known_hosts: str = _key("/etc/pvepstore/known_hosts", _PATH)
+    trust_on_first_use: bool = _key(False, Spec(Kind.BOOL))
+    connect_timeout: float = _key(10.0, _TIMEOUT)
+    command_timeout: float = _key(60.0, _TIMEOUT)
 
 
 @dataclass(frozen=True)
 class DiskConfig:
-    serial: str = "pvepstore"
-    size_mib: int = 512
-    storage: str | None = None  # None: the storage of the VM's system disk
+    serial: str = _key("pvepstore", Spec(Kind.STR, pattern=SERIAL_RE.pattern.strip("^$"),
+                                         form="1-20 characters of A-Z a-z 0-9 _ -",
+                                         hint="the guest sees at most 20 bytes of a virtio-blk serial"))
+    size_mib: int = _key(512, Spec(Kind.INT, lo=4, hi=1 << 20, multiple=4))
+    storage: str | None = _key(None, Spec(Kind.STR, optional=True, pattern=r"[A-Za-z][A-Za-z0-9_.-]*",
+                                          form="a storage id"))  # None: the storage of the system disk
 
 
 @dataclass(frozen=True)
 class PstoreBlkConfig:
-    kmsg_size: int = 64  # KiB per dmesg record; a multiple of 4
-    max_reason: int = 2  # 2 = Oops (higher reasons are never persisted on a virtual disk)
+    kmsg_size: int = _key(64, Spec(Kind.INT, lo=4, hi=1 << 20, multiple=4,  # KiB per dmesg record
+                                   hint="the kernel turns other values into 4 KiB zones"))
+    max_reason: int = _key(2, Spec(Kind.INT, lo=1, hi=4))  # 2 = Oops (never more on a virtual disk)
 
 
 @dataclass(frozen=True)
 class ScopeConfig:
-    vms: tuple[int, ...] = ()
-    tag: str | None = "pvepstore"
-    all: bool = False
+    vms: tuple[int, ...] = _key((), Spec(Kind.VMIDS))
+    tag: str | None = _key("pvepstore", Spec(Kind.STR, optional=True, pattern=r"(?i)[a-z0-9_][a-z0-9_+.-]*",
+                                            form="a Proxmox tag"))
+    all: bool = _key(False, Spec(Kind.BOOL))
 
 
 @dataclass(frozen=True)
 class CollectConfig:
-    concurrency: int = 8  # VMs collected at once
-    vm_timeout: float = 300.0  # seconds one VM may take before the sweep moves on
-    max_record_bytes: int = 4 << 20  # per record read through the guest
-    offline: bool = True  # read stopped VMs' volumes on the host
+    concurrency: int = _key(8, Spec(Kind.INT, lo=1, hi=256))  # VMs collected at once
+    vm_timeout: float = _key(300.0, _TIMEOUT)  # seconds one VM may take before the sweep moves on
+    max_record_bytes: int = _key(4 << 20, Spec(Kind.INT, lo=4096, hi=1 << 30))  # per record read via the guest
+    offline: bool = _key(True, Spec(Kind.BOOL))  # read stopped VMs' volumes on the host
 
 
 @dataclass(frozen=True)
 class RetentionConfig:
-    max_incidents_per_vm: int = 100
-    max_age_days: int = 365
-    max_total_mib: int = 1024
+    max_incidents_per_vm: int = _key(100, Spec(Kind.INT, lo=1, hi=1_000_000))
+    max_age_days: int = _key(365, Spec(Kind.INT, lo=1, hi=100_000))  # beyond that, timestamps overflow
+    max_total_mib: int = _key(1024, Spec(Kind.INT, lo=1, hi=1 << 30))
 
 
 @dataclass(frozen=True)
@@ -108,12 +133,16 @@ class VmConfig:
     backend: str
 
 
+_BACKEND = Spec(Kind.CHOICE, choices=BACKENDS)
+
+
 @dataclass(frozen=True)
 class Config:
-    host_root: str = DEFAULT_ROOT
-    state_dir: str = "/var/lib/pvepstore"
-    node: str | None = None  # None: this node's name from /etc/pve/.members
-    backend: str = "pstore_blk"
+    host_root: str = _key(DEFAULT_ROOT, _PATH)
+    state_dir: str = _key("/var/lib/pvepstore", _PATH)
+    node: str | None = _key(None, Spec(Kind.STR, optional=True, pattern=r"[A-Za-z0-9][A-Za-z0-9.-]{0,62}",
+                                       form="a node name"))  # None: from /etc/pve/.members
+    backend: str = _key("pstore_blk", _BACKEND)
     api: ApiConfig = ApiConfig()
     ssh: SshConfig = SshConfig()
     disk: DiskConfig = DiskConfig()
@@ -132,9 +161,14 @@ class Config:
     def for_vm(self, vmid: int) -> VmConfig:
         """Defaults merged with the VM's overrides (validated at load time)."""
         raw = self.vms.get(int(vmid), {})
-        ssh = _section(SshConfig, {**_asdict(self.ssh), **raw.get("ssh", {})}, f"vms.{vmid}.ssh")
-        disk = _section(DiskConfig, {**_asdict(self.disk), **raw.get("disk", {})}, f"vms.{vmid}.disk")
-        return VmConfig(ssh=ssh, disk=disk, backend=raw.get("backend", self.backend))
+        ssh = _section(SshConfig, {**_asdict(self.ssh), **(raw.get("ssh") or {})}, f"vms.{vmid}.ssh")
+        disk = _section(DiskConfig, {**_asdict(self.disk), **(raw.get("disk") or {})}, f"vms.{vmid}.disk")
+        return VmConfig(ssh=ssh, disk=disk, backend=raw.get("backend") or self.backend)
+
+
+_SECTIONS = {"api": ApiConfig, "ssh": SshConfig, "disk": DiskConfig, "pstore_blk": PstoreBlkConfig,
+             "scope": ScopeConfig, "collect": CollectConfig, "retention": RetentionConfig}
+_VM_KEYS = {"ssh", "disk", "backend"}
 
 
 def load_config(path: str | os.PathLike[str] | None = None,
@@ -145,21 +179,11 @@ def load_config(path: str | os.PathLike[str] | None = None,
     cfg_path = Path(explicit or DEFAULT_CONFIG)
     data: dict = {}
     if cfg_path.exists() or explicit:
-        try:
-            text = cfg_path.read_text()
-        except FileNotFoundError:
-            raise ConfigError(f"config file {cfg_path} does not exist",
-                              hint="copy config.example.yaml there, or pass --config") from None
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {cfg_path}: {exc.strerror}") from None
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" (line {mark.line + 1})" if mark else ""
-            raise ConfigError(f"{cfg_path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        data = parse_yaml(read_config_text(cfg_path), cfg_path)
+        if data is None:
+            data = {}
         if not isinstance(data, dict):
-            raise ConfigError(f"{cfg_path}: the top level must be a mapping of keys")
+            raise ConfigError(f"{cfg_path}: the top level must be a mapping of keys (got {shown(data)})")
         if _holds_secret(data):
             _check_private(cfg_path, "config file")
     if ENV_ROOT in environ:
@@ -169,57 +193,31 @@ def load_config(path: str | os.PathLike[str] | None = None,
 
 
 def parse_config(data: Mapping[str, Any]) -> Config:
-    _known(data, Config, "", extra={"vms", "sinks"})
-    vms_raw = data.get("vms") or {}
-    if not isinstance(vms_raw, dict):
-        raise ConfigError("vms: must be a mapping of VM id to overrides")
-    base = {k: v for k, v in data.items() if k != "vms"}
-    cfg = Config(
-        host_root=_str(base, "host_root", DEFAULT_ROOT),
-        state_dir=_str(base, "state_dir", Config.state_dir),
-        node=_opt_str(base, "node"),
-        backend=_choice(base, "backend", BACKENDS, "pstore_blk"),
-        api=_section(ApiConfig, base.get("api"), "api"),
-        ssh=_section(SshConfig, base.get("ssh"), "ssh"),
-        disk=_section(DiskConfig, base.get("disk"), "disk"),
-        pstore_blk=_section(PstoreBlkConfig, base.get("pstore_blk"), "pstore_blk"),
-        scope=_section(ScopeConfig, base.get("scope"), "scope"),
-        collect=_section(CollectConfig, base.get("collect"), "collect"),
-        retention=_section(RetentionConfig, base.get("retention"), "retention"),
-        sinks=_sinks(base.get("sinks")),
-    )
-    if not os.path.isabs(cfg.host_root):
-        raise ConfigError(f"host_root: must be an absolute path (got {cfg.host_root!r})")
-    vms: dict[int, dict] = {}
-    for key, override in vms_raw.items():
-        try:
-            vmid = int(key)
-        except (TypeError, ValueError):
-            raise ConfigError(f"vms.{key}: VM ids must be integers") from None
-        if not 100 <= vmid <= 999_999_999:
-            raise ConfigError(f"vms.{key}: not a valid Proxmox VM id (100..999999999)")
-        if not isinstance(override, dict):
-            raise ConfigError(f"vms.{key}: must be a mapping (ssh, disk, backend)")
-        unknown = set(override) - {"ssh", "disk", "backend"}
-        if unknown:
-            raise ConfigError(f"vms.{key}.{sorted(unknown)[0]}: unknown key",
-                              hint="per-VM keys are ssh, disk and backend")
-        vms[vmid] = override
+    if not isinstance(data, dict):
+        raise ConfigError(f"the configuration must be a mapping of keys (got {shown(data)})")
+    _known(data, Config, "")
+    values: dict[str, Any] = {}
+    for f in fields(Config):
+        if f.name in _SECTIONS:
+            values[f.name] = _section(_SECTIONS[f.name], data.get(f.name), f.name)
+        elif "spec" in f.metadata and f.name in data:
+            values[f.name] = check(f.name, data[f.name], f.metadata["spec"])
+    values["sinks"] = _sinks(data.get("sinks"))
+    cfg = Config(**values)
+    vms = _vms(data.get("vms"))
     cfg = replace(cfg, vms=vms)
     for vmid in vms:  # validate every override now, not at first use
-        vm = cfg.for_vm(vmid)
-        if vm.backend not in BACKENDS:
-            raise ConfigError(f"vms.{vmid}.backend: must be one of {', '.join(BACKENDS)}")
+        cfg.for_vm(vmid)
     return cfg
 
 
 # -- validation helpers ---------------------------------------------------------
 
-def _known(data: Mapping, cls: type, prefix: str, extra: set[str] = frozenset()) -> None:
-    allowed = {f.name for f in fields(cls) if f.name != "source"} | set(extra)
+def _known(data: Mapping, cls: type, prefix: str) -> None:
+    allowed = {f.name for f in fields(cls) if f.name != "source"}
     for key in data:
-        if key not in allowed:
-            raise ConfigError(f"{prefix}{key}: unknown key",
+        if not isinstance(key, str) or key not in allowed:
+            raise ConfigError(f"{prefix}{key_name(key)}: unknown key",
                               hint=f"valid keys here: {', '.join(sorted(allowed))}")
 
 
@@ -227,117 +225,74 @@ def _section(cls: type, raw: Any, name: str):
     if raw is None:
         return cls()
     if not isinstance(raw, dict):
-        raise ConfigError(f"{name}: must be a mapping")
+        raise ConfigError(f"{name}: must be a mapping (got {shown(raw)})")
     _known(raw, cls, f"{name}.")
-    values = {}
-    for f in fields(cls):
-        if f.name not in raw:
-            continue
-        values[f.name] = _coerce(f"{name}.{f.name}", raw[f.name], f.default, f.type)
+    values = {f.name: check(f"{name}.{f.name}", raw[f.name], f.metadata["spec"])
+              for f in fields(cls) if f.name in raw}
     obj = cls(**values)
     _check_section(obj, name)
     return obj
 
 
-def _coerce(key: str, value: Any, default: Any, annotation: str) -> Any:
-    if "bool | str" in annotation:  # verify_ssl: true, false or a CA file path
-        if isinstance(value, bool) or (isinstance(value, str) and value):
-            return value
-        raise ConfigError(f"{key}: must be true, false or the path of a CA file")
-    if annotation.startswith("tuple"):
-        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            raise ConfigError(f"{key}: must be a list of VM ids")
-        return tuple(value)
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: must be true or false")
-        return value
-    if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: must be an integer")
-        return value
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ConfigError(f"{key}: must be a positive number of seconds")
-        return float(value)
-    if value is None and (default is None or "None" in annotation):
-        return None
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{key}: must be a non-empty string")
-    return value
-
-
 def _check_section(obj: Any, name: str) -> None:
+    """What one key's Spec cannot say: rules across keys of a section."""
     if isinstance(obj, ApiConfig):
-        if obj.backend not in ("https", "local"):
-            raise ConfigError(f"{name}.backend: must be https or local")
-        if not 1 <= obj.port <= 65535:
-            raise ConfigError(f"{name}.port: must be between 1 and 65535")
-        if obj.timeout < 30:
-            raise ConfigError(f"{name}.timeout: must be at least 30 s (PVE tasks are slow to answer)")
         if obj.token_value and obj.token_value_file:
             raise ConfigError(f"{name}.token_value: give token_value or token_value_file, not both")
         if "!" in obj.token_name or "@" not in obj.user:
             raise ConfigError(f"{name}.user/token_name: user is USER@REALM and token_name the token id",
                               hint="the token of `pveum user token add root@pam pvepstore` is "
                                    "user root@pam, token_name pvepstore")
-    elif isinstance(obj, SshConfig):
-        if not 1 <= obj.port <= 65535:
-            raise ConfigError(f"{name}.port: must be between 1 and 65535")
-        if not re.fullmatch(r"[a-z_][a-z0-9_.-]{0,31}", obj.user):
-            raise ConfigError(f"{name}.user: not a valid user name ({obj.user!r})")
-    elif isinstance(obj, DiskConfig):
-        if not SERIAL_RE.match(obj.serial):
-            raise ConfigError(f"{name}.serial: 1-20 characters of A-Z a-z 0-9 _ - (got {obj.serial!r})",
-                              hint="the guest sees at most 20 bytes of a virtio-blk serial")
-        if obj.size_mib < 1 or obj.size_mib % 4:
-            raise ConfigError(f"{name}.size_mib: must be a positive multiple of 4")
-        if obj.storage is not None and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]*", obj.storage):
-            raise ConfigError(f"{name}.storage: not a valid storage id ({obj.storage!r})")
-    elif isinstance(obj, PstoreBlkConfig):
-        if obj.kmsg_size < 4 or obj.kmsg_size % 4:
-            raise ConfigError(f"{name}.kmsg_size: must be a multiple of 4 KiB",
-                              hint="the kernel turns other values into 4 KiB zones")
-        if not 1 <= obj.max_reason <= 4:
-            raise ConfigError(f"{name}.max_reason: must be 1..4")
-    elif isinstance(obj, CollectConfig):
-        if not 1 <= obj.concurrency <= 256:
-            raise ConfigError(f"{name}.concurrency: must be 1..256")
-        if obj.max_record_bytes < 4096:
-            raise ConfigError(f"{name}.max_record_bytes: must be at least 4096")
-    elif isinstance(obj, RetentionConfig):
-        for f in fields(obj):
-            if getattr(obj, f.name) < 1:
-                raise ConfigError(f"{name}.{f.name}: must be a positive integer")
-    elif isinstance(obj, ScopeConfig):
-        if obj.tag is not None and not re.fullmatch(r"[a-z0-9_][a-z0-9_+.-]*", obj.tag, re.I):
-            raise ConfigError(f"{name}.tag: not a valid Proxmox tag ({obj.tag!r})")
+
+
+def _vms(raw: Any) -> dict[int, dict]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"vms: must be a mapping of VM id to overrides (got {shown(raw)})")
+    vms: dict[int, dict] = {}
+    for key, override in raw.items():
+        name = f"vms.{key_name(key)}"
+        # An int, or digits as a string; never a float (101.5, .inf) or a bool.
+        if isinstance(key, int) and not isinstance(key, bool):
+            vmid = key
+        elif isinstance(key, str) and re.fullmatch(r"[0-9]{1,12}", key):
+            vmid = int(key)
+        else:
+            raise ConfigError(f"{name}: VM ids must be integers")
+        if not 100 <= vmid <= 999_999_999:
+            raise ConfigError(f"{name}: not a valid Proxmox VM id (100..999999999)")
+        if vmid in vms:
+            raise ConfigError(f"{name}: VM {vmid} is given twice")
+        if override is None:
+            override = {}
+        if not isinstance(override, dict):
+            raise ConfigError(f"{name}: must be a mapping (ssh, disk, backend) (got {shown(override)})")
+        for k in override:
+            if not isinstance(k, str) or k not in _VM_KEYS:
+                raise ConfigError(f"{name}.{key_name(k)}: unknown key",
+                                  hint="per-VM keys are ssh, disk and backend")
+        for section in ("ssh", "disk"):
+            if override.get(section) is not None and not isinstance(override[section], dict):
+                raise ConfigError(f"{name}.{section}: must be a mapping (got {shown(override[section])})")
+        if "backend" in override:
+            check(f"{name}.backend", override["backend"], _BACKEND)
+        vms[vmid] = override
+    return vms
 
 
 def _sinks(raw: Any) -> tuple[Mapping[str, Any], ...]:
     if raw is None:
         return ()
-    if not isinstance(raw, list) or not all(isinstance(s, dict) for s in raw):
-        raise ConfigError("sinks: must be a list of mappings, each with a type")
+    if not isinstance(raw, list):
+        raise ConfigError(f"sinks: must be a list of mappings, each with a type (got {shown(raw)})")
+    from .configsinks import check_sink
     from .pipeline.sinks import build_sinks
 
-    build_sinks(raw)  # validates every entry now, naming sinks.<i>.<key>
+    for i, spec in enumerate(raw):
+        check_sink(f"sinks.{i}", spec)
+    build_sinks(raw)  # reads auth_header_file, refuses duplicate names
     return tuple(raw)
-
-
-def _str(data: Mapping, key: str, default: str) -> str:
-    return _coerce(key, data.get(key, default), default, "str")
-
-
-def _opt_str(data: Mapping, key: str) -> str | None:
-    return _coerce(key, data.get(key), None, "str | None")
-
-
-def _choice(data: Mapping, key: str, choices: tuple[str, ...], default: str) -> str:
-    value = data.get(key, default)
-    if value not in choices:
-        raise ConfigError(f"{key}: must be one of {', '.join(choices)} (got {value!r})")
-    return value
 
 
 def _asdict(obj: Any) -> dict:

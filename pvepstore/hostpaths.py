@@ -5,6 +5,17 @@ at a directory that mimics a node (config key ``host_root``, environment
 ``PVEPSTORE_HOST_ROOT``).  No other module spells one of these paths: they ask
 a :class:`HostPaths`.  pvepstore's own config and state directories are not
 Proxmox paths and are configured separately (``state_dir``, ``--config``).
+
+What is re-rooted: exactly the paths built here, i.e. the Proxmox host paths
+pvepstore knows by itself (``/etc/pve/...``, ``/var/lock/qemu-server``,
+``/var/run/qemu-server``, ``/dev/shm/pve-shm-*``, ``/dev/<vg>/<lv>``,
+``/dev/zvol``, ``/mnt/pve/<storage>``), the paths Proxmox itself names
+(``path`` of a storage in storage.cfg, a volume's device path), and the CA of
+``api.verify_ssl: proxmox`` (the default: ``/etc/pve/pve-root-ca.pem``).
+What is not: any path the operator writes in pvepstore's configuration
+(``api.verify_ssl: /some/ca.pem``, ``state_dir``, ``ssh.key_file``,
+``ssh.known_hosts``, ``api.token_value_file``, sink paths) is used exactly as
+given — an operator staging with ``host_root`` already wrote the full path.
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ from pathlib import Path
 
 DEFAULT_ROOT = "/"
 ENV_ROOT = "PVEPSTORE_HOST_ROOT"
+PROXMOX_CA = "proxmox"  # api.verify_ssl: the node's cluster CA, pve_root_ca under the root
 
 
 @dataclass(frozen=True)
@@ -49,9 +61,11 @@ class HostPaths:
     def node_dir(self, node: str) -> Path:
         return self._at(f"/etc/pve/nodes/{node}")
 
-    def ca_file(self, path: str) -> Path:
-        """A configured CA file (``api.verify_ssl``), taken under the root."""
-        return self._at(path)
+    def ca_file(self, setting: str) -> Path:
+        """The CA file of ``api.verify_ssl``: ``proxmox`` is the node's cluster CA
+        (:attr:`pve_root_ca`, under the root); any other value is the operator's
+        own path, taken as given (never re-rooted)."""
+        return self.pve_root_ca if setting == PROXMOX_CA else Path(setting)
 
     def vm_config(self, node: str, vmid: int) -> Path:
         return self._at(f"/etc/pve/nodes/{node}/qemu-server/{int(vmid)}.conf")

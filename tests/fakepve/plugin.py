@@ -27,7 +27,7 @@ class FakePveFixture(FakePve):
             "state_dir": str(self.state_dir),
             "api": {"host": "127.0.0.1", "port": self.port, "user": self.user,
                     "token_name": self.token_name, "token_value": self.token_value,
-                    "verify_ssl": "/etc/pve/pve-root-ca.pem", "timeout": 30},
+                    "verify_ssl": "proxmox", "timeout": 30},  # the CA under host_root
         }
         for key, value in overrides.items():
             if isinstance(value, dict) and isinstance(data.get(key), dict):
