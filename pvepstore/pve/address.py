@@ -39,6 +39,8 @@ def resolve_address(api: PveApi, node: str, vmid: int, ssh: SshConfig, config: d
             reply = api.get(f"nodes/{node}/qemu/{vmid}/agent/network-get-interfaces")
             interfaces = reply.get("result", []) if isinstance(reply, dict) else []
         except PveError as exc:
+            if getattr(exc, "status", None) in (401, 403):
+                raise  # a missing privilege (VM.GuestAgent.Audit): its hint says which, not "set ssh.host"
             tried.append(f"guest agent: {exc.message.split(': ', 1)[-1]}")
             interfaces = []
         macs = nic_macs(config)

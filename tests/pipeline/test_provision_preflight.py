@@ -400,3 +400,38 @@ def test_ivshmem_restart_failure_keeps_the_config_and_says_how_to_resume(fakepve
     assert "`pvepstore provision 100 --backend ivshmem --restart` resumes" in hint
     assert fakepve.vms[100].pending["ivshmem"] == "size=1,name=pvepstore-100" and _ours(fakepve).exists()
     assert state.provision_record(fakepve.load_config(), 100)["backend"] == "ivshmem"
+
+
+def test_agent_privilege_missing_is_a_privilege_error_before_any_write(fakepve, monkeypatch):
+    from tests.fakepve import server
+
+    fakepve.add_vm(100, {"agent": "1"}, running=True)
+
+    def refuse(pve, p, user):
+        raise server.PveFailure(403, "Permission check failed (/vms/100, VM.GuestAgent.Audit)")
+    monkeypatch.setitem(server.ROUTES, ("GET", "/nodes/{node}/qemu/{vmid}/agent/network-get-interfaces"), refuse)
+    before = snapshot(fakepve)
+    with pytest.raises(PveError) as info:
+        prov.provision(context(fakepve, FakeGuests(fakepve)), 100)
+    assert "lacks VM.GuestAgent.Audit on /vms/100" in info.value.hint and "ssh.host" not in info.value.hint
+    assert not fakepve.writes()
+    assert_unchanged(fakepve, before)
+
+
+def test_reboot_failure_after_the_guest_is_configured_keeps_everything_and_says_how_to_resume(fakepve,
+                                                                                             monkeypatch):
+    from tests.fakepve import server
+
+    fakepve.add_vm(100, {**IPCONFIG, "hotplug": "network,usb"}, running=True)  # the disk stays pending
+
+    def refuse(pve, p, user):
+        raise server.PveFailure(500, "VM 100 qmp command 'system_reset' failed - got timeout")
+    monkeypatch.setitem(server.ROUTES, ("POST", "/nodes/{node}/qemu/{vmid}/status/reboot"), refuse)
+    with pytest.raises(PveError) as info:
+        prov.provision(context(fakepve, FakeGuests(fakepve)), 100, reboot=True)
+    msg = info.value.message
+    assert "system_reset" in msg and "LEFT in place: " in msg and "virtio0 = local-lvm:vm-100-disk-1 attached (PENDING)" in msg
+    assert "the guest configured" in msg and "rolled back" not in msg
+    assert "`pvepstore provision 100 --reboot` resumes" in info.value.hint
+    rec = state.provision_record(fakepve.load_config(), 100)
+    assert rec["pending"] and fakepve.vms[100].pending["virtio0"].startswith("local-lvm:vm-100-disk-1")
