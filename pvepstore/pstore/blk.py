@@ -111,11 +111,11 @@ class _Reader:
         for first in range(0, count, HEADER_BATCH):
             offsets = range(base + first * size, base + min(count, first + HEADER_BATCH) * size, size)
             headers = self.src.read_headers(offsets, ZONE_HEADER + KMSG_HEADER)
-            for i, off in enumerate(offsets, first):
-                raw = headers.get(off)
-                if raw is None or raw[:4] not in SIGNATURE_BYTES:
+            for off in sorted(headers):  # holes are left out: only written zones cost anything
+                raw = headers[off]
+                if raw[:4] not in SIGNATURE_BYTES:
                     continue  # never written (or foreign data): no signature, as in psz_kmsg_recover_meta
-                rec = self.read_dmesg(self.layout.dmesg_zone(i), raw)
+                rec = self.read_dmesg(self.layout.dmesg_zone((off - base) // size), raw)
                 if rec is STOP:
                     return records
                 if rec is not None:

@@ -160,12 +160,10 @@ class _RamReader:
             count = MAX_ZONES
         size = layout.dmesg_zone_size
         for first in range(0, count, HEADER_BATCH):
-            idx = range(first, min(count, first + HEADER_BATCH))
-            headers = self.src.read_headers([i * size for i in idx], PRZ_HEADER.size)
-            for i in idx:
-                raw = headers.get(i * size)
-                if raw is not None:
-                    yield layout.dmesg_zone(i), raw
+            offsets = range(first * size, min(count, first + HEADER_BATCH) * size, size)
+            headers = self.src.read_headers(offsets, PRZ_HEADER.size)
+            for off in sorted(headers):  # only what is not a hole: a sparse GiB costs nothing
+                yield layout.dmesg_zone(off // size), headers[off]
 
     def read_all(self, layout: RamoopsLayout) -> list[Record]:
         records: list[Record] = []

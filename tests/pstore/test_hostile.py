@@ -223,7 +223,7 @@ HEADER = st.tuples(st.integers(0, 4095),  # offset in 512-byte steps
                                     b"====" + b"7" * 6000 + b"." + b"1" * 5000 + b"-D\n"]))
 
 
-@SETTINGS
+@settings(SETTINGS, max_examples=20)
 @given(size_mib=st.sampled_from([1, 3, 64, 1024]), headers=st.lists(HEADER, min_size=1, max_size=6))
 def test_hostile_ramoops_headers_on_sparse_files(tmp_path_factory, size_mib, headers):
     path = tmp_path_factory.mktemp("sparse") / "img"
