@@ -127,7 +127,8 @@ def extract(result: ParseResult, directory: Path) -> list[Path]:
 def parse_command(
     ctx: typer.Context,
     # readable=False: pvepstore opens the image itself (exit 3 with a hint, not click's exit 2)
-    image: Optional[Path] = typer.Argument(None, help="Raw pstore disk image, block device, or .xz image.",
+    image: Optional[Path] = typer.Argument(None, help="Raw pstore disk image, block device, or .xz image "
+                                           "(unpacked up to 128 MiB past --offset; 1 GiB with --no-cap).",
                                            show_default=False, readable=False),
     offset: int = typer.Option(0, "--offset", min=0, help="Byte offset of the pstore partition in the image."),
     kmsg_size: Optional[int] = typer.Option(None, "--kmsg-size", min=0, help="pstore_blk kmsg_size (KiB)."),

@@ -391,3 +391,15 @@ def test_unreadable_file_as_non_root_exits_3(tmp_path, command):
         status, _, err = fh.read().decode().partition("\n")
     assert int(status) == ExitStatus.INPUT, err
     assert "permission denied" in err and "hint:" in err
+
+
+# -- printing a fully written device: the fast path must not change what is shown -----
+
+
+@SETTINGS
+@given(data=st.binary(max_size=200) | st.text(max_size=80).map(lambda t: t.encode()))
+def test_fast_plain_text_path_is_terminal_safe(data):
+    from pvepstore.cli.render import _safe_text
+    from pvepstore.text import terminal_safe
+
+    assert _safe_text(data) == terminal_safe(data.decode("utf-8", errors="replace"))
