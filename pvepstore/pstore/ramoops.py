@@ -72,6 +72,7 @@ def read_ramoops(source: ByteSource, params: RamoopsParams | None = None, *,
     if params is None:
         params, notes = discover_ramoops(source)
         findings.extend(notes)
+        confidence = "medium" if notes else "high"
         try:
             layout = compute_ramoops_layout(source.size, params)
         except UsageError as exc:
@@ -79,10 +80,8 @@ def read_ramoops(source: ByteSource, params: RamoopsParams | None = None, *,
             # property of the image (a finding), never a usage error (exit 2).
             findings.append(Finding(Severity.ERROR, f"the zone headers describe no layout the kernel "
                                     f"would accept ({exc.message}); nothing was read"))
-            layout = RamoopsLayout(source.size, params, 0, 0, ())
-            notes = [Finding(Severity.ERROR, "no layout")]
-        layout = layout.with_discovery({"method": "zone-headers",
-                                        "confidence": "medium" if notes else "high"})
+            layout, confidence = RamoopsLayout(source.size, params, 0, 0, ()), "none"
+        layout = layout.with_discovery({"method": "zone-headers", "confidence": confidence})
     else:
         layout = compute_ramoops_layout(source.size, params)
     reader = _RamReader(source, findings, max_record_bytes, max_image_bytes)
