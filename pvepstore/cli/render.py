@@ -113,6 +113,13 @@ def render_summary(result: ParseResult, *, with_texts: bool = True) -> Iterator[
 
 def write_json(doc: dict, write) -> None:
     """``json.dumps(doc, indent=2, ensure_ascii=True)`` plus a newline, written piece by piece."""
+    pending: list[str] = []
+    size = 0
     for chunk in json.JSONEncoder(indent=2, ensure_ascii=True).iterencode(doc):
-        write(chunk)
-    write("\n")
+        pending.append(chunk)
+        size += len(chunk)
+        if size >= 1 << 16:  # a few writes of 64 KiB, not one per JSON token
+            write("".join(pending))
+            pending, size = [], 0
+    pending.append("\n")
+    write("".join(pending))
