@@ -232,6 +232,12 @@ class _Builder:
         return self.crashes
 
 
+def _dec(digits: str) -> int | None:
+    """A pid/cpu number from guest text; None when longer than any the kernel prints
+    (int() of thousands of digits raises, and is quadratic)."""
+    return int(digits) if len(digits) <= 20 else None
+
+
 def _panic_message(text: str) -> str:
     return text.split("Kernel panic - not syncing:", 1)[-1].strip()
 
@@ -269,13 +275,13 @@ def _fill_fields(crash: Crash, release_fallback: str | None) -> None:
         t = line.text
         m = _CPU_LINE.search(t) or _PID_LINE.search(t)
         if m and crash.pid is None:
-            crash.pid, crash.comm = int(m.group("pid")), m.group("comm").strip()
+            crash.pid, crash.comm = _dec(m.group("pid")), m.group("comm").strip()
             if "cpu" in m.groupdict() and m.group("cpu") is not None:
-                crash.cpu = int(m.group("cpu"))
+                crash.cpu = _dec(m.group("cpu"))
         if crash.cpu is None:
             m = _OLD_CPU.match(t.strip()) or _WARN_CPU.search(t)
             if m:
-                crash.cpu = int(m.group("cpu"))
+                crash.cpu = _dec(m.group("cpu"))
         if crash.kernel is None and re.search(r"PID|Pid|[Cc]omm|CPU|REGS|EFLAGS", t):
             m = _RELEASE.search(t)
             if m:
@@ -288,7 +294,7 @@ def _fill_fields(crash: Crash, release_fallback: str | None) -> None:
     if crash.pid is None:
         m = _TASK_HEADER.search(crash.first_line)
         if m:
-            crash.comm, crash.pid = m.group("comm"), int(m.group("pid"))
+            crash.comm, crash.pid = m.group("comm"), _dec(m.group("pid"))
     crash.kernel = crash.kernel or release_fallback
     crash.taint = taint_letters(text)
     trace = parse_trace(crash.lines)

@@ -15,8 +15,8 @@ import re
 from dataclasses import dataclass
 
 # pstore_dump(): "%s#%d Part%u" with kmsg_dump_reason_str(); pstorefs: "%s: Total %d times".
-PSTORE_PART = re.compile(r"^(Panic|Oops|Emergency|Shutdown|Unknown)#(\d+) Part(\d+)\s*$")
-PSTORE_TOTAL = re.compile(r"^(Panic|Oops|Emergency|Shutdown|Unknown): Total (\d+) times\s*$")
+PSTORE_PART = re.compile(r"^(Panic|Oops|Emergency|Shutdown|Unknown)#(\d{1,10}) Part(\d{1,10})\s*$")
+PSTORE_TOTAL = re.compile(r"^(Panic|Oops|Emergency|Shutdown|Unknown): Total (\d{1,10}) times\s*$")
 
 # "Mon DD HH:MM:SS host kernel: " (rsyslog, journalctl -o short) and the ISO
 # variant of journalctl -o short-iso / rsyslog's high-precision format.

@@ -403,3 +403,17 @@ def test_fast_plain_text_path_is_terminal_safe(data):
     from pvepstore.text import terminal_safe
 
     assert _safe_text(data) == terminal_safe(data.decode("utf-8", errors="replace"))
+
+
+def test_huge_numbers_in_record_text_are_not_an_internal_error(tmp_path):
+    # the same class in the analysis of guest text (parse's headline, --report, explain)
+    n = "9" * 5000
+    text = (f"Oops#{n} Part1\nOops: Total {n} times\nBUG: kernel NULL pointer dereference\n"
+            f"CPU: {n} PID: {n} Comm: sh Not tainted 6.1.0 #1\nCPU: {n} UID: 0 PID: {n} Comm: sh\n"
+            "RIP: 0010:foo+0x1/0x2\nCall Trace:\n <TASK>\n foo+0x1/0x2\n </TASK>\n")
+    log = tmp_path / "dmesg.txt"
+    log.write_text(text)
+    for args in (["explain", str(log)], ["explain", str(log), "--json"]):
+        r = run_cli(*args)
+        assert r.status == ExitStatus.SUCCESS, r.stderr
+        assert "BUG: kernel NULL pointer dereference" in r.stdout
