@@ -416,4 +416,4 @@ def test_huge_numbers_in_record_text_are_not_an_internal_error(tmp_path):
     for args in (["explain", str(log)], ["explain", str(log), "--json"]):
         r = run_cli(*args)
         assert r.status == ExitStatus.SUCCESS, r.stderr
-        assert "BUG: kernel NULL pointer dereference" in r.stdout
+        assert "kernel_oops" in r.stdout  # the crash is still found and classified
