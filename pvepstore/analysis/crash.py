@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 
 from .frame import Frame, parse_frame, parse_trace
+from .limits import bounded
 from .logline import GLUED_TIME, LogLine, PstoreHeader, peel, split_lines
 from .taint import decode_taint, taint_letters
 from .trigger import CrashKind, Role, Trigger, match_trigger, panic_cause, PRELUDE
@@ -32,6 +33,10 @@ _BODY = re.compile(
 )
 _CALL_TRACE = re.compile(r"^(?:Call [Tt]race|Backtrace|stack backtrace)")
 _HEXDUMP = re.compile(r"^\s*(?:[0-9a-fA-F]{4,16}[: ]\s*)+[0-9a-fA-F]*\s*$")
+# A whitespace run squeezed to its first character: _HEXDUMP's "[: ]" can only take the first
+# character of a run and "\s*" the rest, so its verdict is unchanged, but with runs of one
+# character its "\s*"s no longer backtrack over long blanks (quadratic on "0000" + blanks + "!").
+_RUNS = re.compile(r"(\s)\s+")
 MAX_GAP = 10  # non-report lines that end a report
 MAX_LINES = 600  # a sanity bound: no oops report is longer
 PANIC_ATTACH = 40  # lines after a closed crash within which a panic is still "its" panic
@@ -100,7 +105,7 @@ def _is_body(text: str) -> bool:
         return False
     if text[:1] in " \t":
         return True  # indented: a continuation of the report (stack, frames, lock lists)
-    return bool(_BODY.match(text) or _HEXDUMP.match(text) or parse_frame(text) is not None)
+    return bool(_BODY.match(text) or _HEXDUMP.match(_RUNS.sub(r"\1", text)) or parse_frame(text) is not None)
 
 
 class _Builder:
@@ -263,10 +268,16 @@ _TASK_HEADER = re.compile(r"(?:INFO: task |\[)(?P<comm>[^\s:\]]{1,64}):(?P<pid>\
 _RELEASE = re.compile(r"(?:^|[ (]|kernel-)(?P<rel>\d+\.\d+(?:\.\d+)?(?:\.[^.\s-]+)*-[^\s)]+|\d+\.\d+\.\d+[^\s)]*)\)? #")
 _LINUX_VERSION = re.compile(r"^Linux version (?P<rel>\S+) ")
 _RIP = re.compile(
-    r"(?:^|\s)(?:RIP|EIP is at|EIP|IP|NIP|pc|PC is at)\s*:?\s*(?!0033:)(?:\d{4}:)?(?:\[<?[0-9a-fA-F]+>?\]\s*){0,2}"
+    r"(?:^|\s)(?:RIP|EIP is at|EIP|IP|NIP|pc|PC is at)\s*(?::\s*)?(?!0033:)(?:\d{4}:)?(?:\[<?[0-9a-fA-F]+>?\]\s*){0,2}"
     r"(?:\?\s*)?(?P<func>[A-Za-z0-9_.$]+)\+(?P<off>0x[0-9a-fA-F]+)/(?P<len>0x[0-9a-fA-F]+)"
     r"(?:\s*\[(?P<mod>[^\]\s]+)\])?")
-_MODULE_SUFFIX = re.compile(r"\(.*\)$")
+
+
+def _module_name(token: str) -> str:
+    """``vboxdrv(OE)`` -> ``vboxdrv``: what ``re.sub(r"\\(.*\\)$", "", token)`` did, without its
+    quadratic search over a token full of ``(``."""
+    i = token.find("(")
+    return token[:i] if i >= 0 and token.endswith(")") else token
 
 
 def _fill_fields(crash: Crash, release_fallback: str | None) -> None:
@@ -299,15 +310,21 @@ def _fill_fields(crash: Crash, release_fallback: str | None) -> None:
     crash.taint = taint_letters(text)
     trace = parse_trace(crash.lines)
     crash.frames = trace.frames
-    crash.modules = [_MODULE_SUFFIX.sub("", m) for m in trace.modules or []]
+    crash.modules = [_module_name(m) for m in trace.modules or []]
 
 
 def extract_crashes(text: str, *, host: str | None = None) -> list[Crash]:
-    """Every crash in ``text``, with kind, title, fields and signatures filled in."""
+    """Every crash in ``text``, with kind, title, fields and signatures filled in.
+
+    Only the last :data:`~.limits.RECORD_TEXT_LIMIT` characters are analysed (less once the
+    :func:`~.limits.image_budget` in effect runs out); line numbers still count from the
+    start of ``text``.
+    """
     from .title import make_title  # late: title imports crash types
     from .signature import duphash, short_signature
 
-    lines, headers = split_lines(text, host=host)
+    text, skipped = bounded(text)
+    lines, headers = split_lines(text, host=host, first_number=skipped)
     release = next((m.group("rel") for line in lines if (m := _LINUX_VERSION.match(line.text))), None)
     crashes = find_crashes(lines)
     for crash in crashes:

@@ -35,7 +35,9 @@ _GENERIC = re.compile(
     rf"\s*(?:from\s*{_ADDR}\s*\(?(?:{_HEX0X}|[^\s)+<]+\+[^\s/]+/[^\s)]+(?:\s*\[[^\s\]]+\])?)\)?)?\s*(?:\[(?P<mod2>[^\s\]]+)\])?\s*\)?\s*$"
 )
 _RIP_OLD = re.compile(r"^\s*RIP:[ \t]+\S+[ \t]+(?P<rest>.*)$")
-_EIP = re.compile(rf"^\s*EIP:[ \t]+{_addr('addr')}\s*(?P<q>\?)?\s*\(?{_FUNC}\s*(?:{_MODULE})?")
+# "\s*(?:\?\s*)?" rather than "\s*\??\s*": two adjacent unbounded runs over the same blanks
+# backtrack quadratically on a line of blanks.
+_EIP = re.compile(rf"^\s*EIP:[ \t]+{_addr('addr')}\s*(?:(?P<q>\?)\s*)?\(?{_FUNC}(?:\s*{_MODULE})?")
 _ALT_END = re.compile(r"^\s*<+EO[IE]+>+")
 _ALT_START = re.compile(r"^\s*<([^>\s]+)>")
 _MODULES = re.compile(r"^\s*Modules linked in:([ \t]*)(.*)$")
@@ -90,8 +92,16 @@ def _int(text: str | None) -> int | None:
     return int(text, 16)
 
 
+# The frame patterns above separate their tokens with "\s*" only, and no token contains
+# whitespace, so squeezing every run of whitespace to one blank changes neither what
+# they match nor what they capture -- but it takes away the runs over which their many
+# adjacent "\s*" would backtrack (cubic time on a guest line of blanks).
+_BLANKS = re.compile(r"\s+")
+
+
 def parse_frame(text: str, special: str | None = None) -> Frame | None:
     """One trace line as a frame, or None (satyr's ``sr_koops_frame_parse``)."""
+    text = _BLANKS.sub(" ", text)
     m = _PPC.match(text)
     if m:
         return Frame(m.group("func"), _int(m.group("off")), _int(m.group("len")), m.group("mod"),

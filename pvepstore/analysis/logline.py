@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .limits import MAX_LINE
+
 # pstore_dump(): "%s#%d Part%u" with kmsg_dump_reason_str(); pstorefs: "%s: Total %d times".
 PSTORE_PART = re.compile(r"^(Panic|Oops|Emergency|Shutdown|Unknown)#(\d{1,10}) Part(\d{1,10})\s*$")
 PSTORE_TOTAL = re.compile(r"^(Panic|Oops|Emergency|Shutdown|Unknown): Total (\d{1,10}) times\s*$")
@@ -101,15 +103,19 @@ def peel(raw: str, number: int = 0) -> LogLine:
     return LogLine(number, text, level, timestamp, caller, host, program, raw)
 
 
-def split_lines(text: str, *, host: str | None = None) -> tuple[list[LogLine], list[PstoreHeader]]:
+def split_lines(text: str, *, host: str | None = None,
+                first_number: int = 0) -> tuple[list[LogLine], list[PstoreHeader]]:
     """All message lines of ``text`` plus any pstore headers found in it.
 
     With ``host`` set, syslog lines from another host are dropped, as ABRT does
     for a shared /var/log/messages.  Lines without a syslog prefix are always kept.
+    Each line is cut to :data:`~.limits.MAX_LINE` characters before anything
+    matches it (see :mod:`.limits`); ``first_number`` is the number of the first line.
     """
     lines: list[LogLine] = []
     headers: list[PstoreHeader] = []
-    for number, raw in enumerate(text.splitlines()):
+    for number, raw in enumerate(text.splitlines(), first_number):
+        raw = raw[:MAX_LINE]
         stripped = raw.strip()
         m = PSTORE_TOTAL.match(stripped)
         if m:

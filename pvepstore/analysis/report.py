@@ -17,6 +17,7 @@ from typing import Sequence
 
 from ..pstore.model import Kind, ParseResult, Record
 from .crash import Crash
+from .limits import image_budget
 from .evidence import Evidence, EvidenceItem, primary_crash, pstore_evidence
 from .verdict import Verdict, decide
 
@@ -107,7 +108,8 @@ def build_event(records: list[Record], *, vm: dict | None = None, now: datetime 
     """
     now = now or datetime.now(timezone.utc)
     records = [r for r in records if not r.erased]
-    evidence = pstore_evidence(records, backend=backend) + list(extra_evidence)
+    with image_budget():  # one image's records share one analysis budget (see .limits)
+        evidence = pstore_evidence(records, backend=backend) + list(extra_evidence)
     verdict = decide(evidence)
     crashes = [(c, e.record) for e in evidence if isinstance(e, Evidence) for c in e.crashes]
     times = [r.time for r in records if r.time is not None and r.kind is Kind.DMESG]

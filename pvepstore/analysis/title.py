@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from .crash import Crash
+from .limits import MAX_HEADER
 from .logline import LogLine
 
 # Frame names that never identify a bug (syzbot convention): searched, not anchored.
@@ -437,6 +438,9 @@ def make_title(crash: Crash) -> str:
     if crash.kind.value == "panic" and crash.panic_message is not None and crash.first_line.lstrip().startswith(
             "Kernel panic"):
         lines[0] = crash.first_line.strip()
+    # The header is searched by every rule below, some of them ".*X.*Y" patterns: one printk
+    # record's worth of it is enough and keeps that search cheap (see .limits).
+    lines[0] = lines[0][:MAX_HEADER]
     lines[0] = re.sub(r"^(?:Oops: |watchdog: |NMI watchdog: |rcu: |mce: |CPU \d+: |\[ (?=BUG: ))", "", lines[0])
     rip = crash.rip.function.split(".", 1)[0] if crash.rip and crash.rip.function else None
     title = _titled(lines, rip) or crash.first_line.strip()

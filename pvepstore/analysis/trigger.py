@@ -61,7 +61,7 @@ TRIGGERS: tuple[Trigger, ...] = (
     _t(r"^(?:rcu: )?INFO: rcu_(?:preempt|sched|bh|tasks)(?: self)?[- ]detected(?: expedited)? stall", K.HANG),
     _t(r"^BUG: (?:spinlock lockup suspected|workqueue lockup)", K.HANG),
     _t(r"^(?:WARNING|INFO): (?:possible circular locking dependency|possible recursive locking|"
-       r"inconsistent lock state|possible irq lock inversion|.*-safe -> .*-unsafe lock order|"
+       r"inconsistent lock state|possible irq lock inversion|(?:(?!-safe -> ).)*-safe -> .*-unsafe lock order|"
        r"suspicious RCU usage|bad unlock balance|held lock freed|lock held when returning|"
        r".*still has locks held|Nested lock was not taken|trying to register non-static key)", K.LOCKDEP),
     _t(r"^\[ INFO: ", K.LOCKDEP),  # pre-4.x lockdep banners: "[ INFO: possible recursive locking detected ]"
