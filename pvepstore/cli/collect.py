@@ -22,6 +22,7 @@ from .app import app, env_of
 from .environment import Environment
 from .status import ExitStatus
 
+VMID = {"min": 100, "max": 999_999_999}  # Proxmox's VM id range, for every VM id option (exit 2 beyond)
 incidents_app = typer.Typer(help="Browse the incident archive.", no_args_is_help=True)
 app.add_typer(incidents_app, name="incidents")
 
@@ -52,7 +53,7 @@ def _describe(res) -> str:
 
 
 @app.command("collect")
-def collect_command(ctx: typer.Context, vmid: int = typer.Argument(..., help="VM id."),
+def collect_command(ctx: typer.Context, vmid: int = typer.Argument(..., help="VM id.", **VMID),
                     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")) -> int:
     """Collect one VM now: read its records, archive, forward, clear."""
     from ..pipeline.handles import open_vm
@@ -137,46 +138,68 @@ def sweep_command(ctx: typer.Context,
     return ExitStatus.PARTIAL if result.failed else ExitStatus.SUCCESS
 
 
+_SINCE_HINT = "use e.g. 2026-11-01, 2026-11-01T12:00Z or 7d"
+
+
 def _since(text: str | None) -> datetime | None:
     if not text:
         return None
-    m = re.fullmatch(r"(\d+)([smhdw])", text)
+    shown = terminal_safe(repr(text[:80]))
+    m = re.fullmatch(r"([0-9]{1,12})([smhdw])", text)
     if m:
         unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[m.group(2)]
-        return datetime.now(timezone.utc) - timedelta(**{unit: int(m.group(1))})
+        try:
+            return datetime.now(timezone.utc) - timedelta(**{unit: int(m.group(1))})
+        except OverflowError:  # before year 1
+            raise UsageError(f"--since {shown}: reaches back before year 1", hint=_SINCE_HINT) from None
+    if re.fullmatch(r"[0-9]+[smhdw]", text):
+        raise UsageError(f"--since {shown}: reaches back before year 1", hint=_SINCE_HINT)
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise UsageError(f"--since {text!r}: not a date or a duration",
-                         hint="use e.g. 2026-11-01, 2026-11-01T12:00Z or 7d") from None
+        raise UsageError(f"--since {shown}: not a date or a duration", hint=_SINCE_HINT) from None
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
+def _warn_skipped(env: Environment, skipped) -> None:
+    for s in skipped:
+        env.warn(f"skipped archive entry {s.entry}: {s.reason}")
+
+
+def _field(value, width: int = 200) -> str:
+    """An archive value for the terminal: the archive may hold anything (terminal-safe, bounded)."""
+    text = terminal_safe("" if value is None else str(value))
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
 @incidents_app.command("list")
-def incidents_list(ctx: typer.Context, vm: Optional[int] = typer.Option(None, "--vm", help="Only this VM."),
+def incidents_list(ctx: typer.Context, vm: Optional[int] = typer.Option(None, "--vm", help="Only this VM.", **VMID),
                    since: Optional[str] = typer.Option(None, "--since", help="Date/time (UTC) or e.g. 7d."),
                    as_json: bool = typer.Option(False, "--json")) -> int:
-    """List archived incidents, oldest first."""
+    """List archived incidents, oldest first. Corrupt archive entries are skipped and reported."""
     from ..pipeline.archive import Archive
 
     env = env_of(ctx)
     cfg = env.load_config()
-    items = Archive(Path(cfg.state_dir) / "archive").list(vm, _since(since))
+    when = _since(since)
+    items, skipped = Archive(Path(cfg.state_dir) / "archive").scan(vm, when)
     rows = []
     for inc in items:
-        data = inc.event.get("data", {})
-        verdict = data.get("verdict", {})
-        rows.append({"id": inc.key, "vmid": inc.vmid, "time": inc.event.get("time"), "event_id": inc.event.get("id"),
+        event = inc.event  # shape checked by the scan
+        verdict = event.get("data", {}).get("verdict") or {}
+        rows.append({"id": inc.key, "vmid": inc.vmid, "time": event["time"], "event_id": event["id"],
                      "verdict": verdict.get("kind"), "severity": verdict.get("severity"),
                      "summary": verdict.get("summary")})
+    _warn_skipped(env, skipped)
     if as_json:
-        env.out(json.dumps(rows, indent=2, ensure_ascii=True))
+        env.out(json.dumps({"incidents": rows, "skipped": [s.to_json() for s in skipped]},
+                           indent=2, ensure_ascii=True))
         return ExitStatus.SUCCESS
     if not rows:
         env.out("no incidents")
     for row in rows:
-        env.out(f"{row['id']}  VM {row['vmid']:<6} {row['verdict'] or '?':<17} "
-                f"{terminal_safe(str(row['summary'] or ''))[:90]}")
+        env.out(f"{_field(row['id'])}  VM {row['vmid']:<6} {_field(row['verdict'] or '?', 40):<17} "
+                f"{_field(row['summary'], 90)}")
     return ExitStatus.SUCCESS
 
 
@@ -189,16 +212,20 @@ def incidents_show(ctx: typer.Context, incident: str = typer.Argument(..., help=
 
     env = env_of(ctx)
     cfg = env.load_config()
-    inc = Archive(Path(cfg.state_dir) / "archive").get(incident)
+    skipped: list = []
+    try:
+        inc = Archive(Path(cfg.state_dir) / "archive").get(incident, skipped)
+    finally:
+        _warn_skipped(env, skipped)
     event = inc.event
     if as_json:
         env.out(json.dumps(event, indent=2, ensure_ascii=True))
         return ExitStatus.SUCCESS
     data = event.get("data", {})
-    verdict = data.get("verdict", {})
-    safe = lambda v: terminal_safe(str(v))  # noqa: E731 - every value here came from a guest
-    env.out(f"incident {inc.key}  (event {event.get('id')})")
-    env.out(f"VM {inc.vmid}  time {event.get('time')}")
+    verdict = data.get("verdict") or {}
+    safe = _field  # every value here came from a guest, or from whoever wrote the archive
+    env.out(f"incident {safe(inc.key)}  (event {safe(event['id'])})")
+    env.out(f"VM {inc.vmid}  time {safe(event['time'])}")
     env.out(f"verdict: {safe(verdict.get('kind'))} ({safe(verdict.get('severity'))}, "
             f"{safe(verdict.get('confidence'))} confidence): {safe(verdict.get('summary'))}")
     sig = data.get("signature") or {}
@@ -206,8 +233,9 @@ def incidents_show(ctx: typer.Context, incident: str = typer.Argument(..., help=
         env.out(f"signature: {safe(sig.get('chromeos'))}  duphash {safe(sig.get('abrt_duphash'))}")
     env.out("evidence:")
     for e in data.get("evidence", []):
-        env.out(f"  [{safe(e.get('source'))}] {safe(e.get('suggests') or '-')}: {safe(e.get('summary'))}")
-    records = inc.records()
+        env.out(f"  [{safe(e.get('source'))}] {safe(e.get('suggests') or '-')}: {safe(e.get('summary'), 1000)}")
+    records, bad = inc.read_records()
+    _warn_skipped(env, bad)
     env.out(f"records ({len(records)}): " + ", ".join(safe(n) for n in records))
     if text:
         for name, data_bytes in records.items():
@@ -217,7 +245,7 @@ def incidents_show(ctx: typer.Context, incident: str = typer.Argument(..., help=
 
 
 @app.command("reboot")
-def reboot_command(ctx: typer.Context, vmid: int = typer.Argument(..., help="VM id."),
+def reboot_command(ctx: typer.Context, vmid: int = typer.Argument(..., help="VM id.", **VMID),
                    reason: str = typer.Option(..., "--reason", help="Why (recorded as the boot's end)."),
                    as_json: bool = typer.Option(False, "--json")) -> int:
     """Reboot a guest with a recorded reason: the next verdict is ``orderly_reboot: REASON``."""
@@ -273,12 +301,20 @@ def install_timer(ctx: typer.Context,
     if not program:
         raise ConfigError("cannot find the pvepstore program on PATH",
                           hint="install pvepstore (pip install .) so that `pvepstore` is on PATH")
-    unit_dir.mkdir(parents=True, exist_ok=True)
+    _unit_dir_ok(unit_dir)
     units = resources.files("pvepstore.data").joinpath("systemd")
     for name in ("pvepstore-sweep.service", "pvepstore-sweep.timer"):
         text = units.joinpath(name).read_text().replace("@PVEPSTORE@", os.path.abspath(program))
-        (unit_dir / name).write_text(text)
-        env.out(f"wrote {unit_dir / name}")
+        target = unit_dir / name
+        if target.is_dir():
+            raise UsageError(f"--unit-dir {unit_dir}: {name} there is a directory",
+                             hint="remove it, or pass another --unit-dir")
+        try:
+            target.write_text(text)
+        except OSError as exc:
+            raise InputError(f"cannot write {target}: {exc.strerror}",
+                             hint="install-timer writes to /etc/systemd/system: run it as root") from None
+        env.out(f"wrote {target}")
     if enable:
         if not shutil.which("systemctl"):
             raise InputError("systemctl not found: the units are written but not enabled",
@@ -290,3 +326,19 @@ def install_timer(ctx: typer.Context,
                                  hint="is systemd running here?")
         env.out("enabled pvepstore-sweep.timer")
     return ExitStatus.SUCCESS
+
+
+def _unit_dir_ok(unit_dir: Path) -> None:
+    """``--unit-dir``: an existing directory, or one that can be created (a clean error otherwise)."""
+    if unit_dir.exists() and not unit_dir.is_dir():
+        raise UsageError(f"--unit-dir {unit_dir}: exists and is not a directory",
+                         hint="pass a directory, e.g. /etc/systemd/system")
+    try:
+        unit_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a parent is a file
+        raise UsageError(f"--unit-dir {unit_dir}: a parent of it is not a directory") from None
+    except NotADirectoryError:
+        raise UsageError(f"--unit-dir {unit_dir}: a parent of it is not a directory") from None
+    except OSError as exc:
+        raise InputError(f"cannot create --unit-dir {unit_dir}: {exc.strerror}",
+                         hint="install-timer writes to /etc/systemd/system: run it as root") from None

@@ -7,6 +7,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Mapping, TextIO
 
+from ..text import terminal_safe
+
 
 @dataclass
 class Environment:
@@ -33,6 +35,18 @@ class Environment:
         self.stdout.write(text + "\n")
 
     def error(self, message: str, hint: str | None = None) -> None:
-        self.stderr.write(f"{self.program_name}: error: {message}\n")
+        self._diagnostic("error", message, hint)
+
+    def warn(self, message: str, hint: str | None = None) -> None:
+        self._diagnostic("warning", message, hint)
+
+    def _diagnostic(self, level: str, message: str, hint: str | None) -> None:
+        # Messages quote paths, ids and values from arguments, files and guests: whatever they
+        # hold, the terminal sees no escape sequence and each diagnostic stays one line.
+        self.stderr.write(f"{self.program_name}: {level}: {_one_line(message)}\n")
         if hint:
-            self.stderr.write(f"{self.program_name}: hint: {hint}\n")
+            self.stderr.write(f"{self.program_name}: hint: {_one_line(hint)}\n")
+
+
+def _one_line(text: str) -> str:
+    return terminal_safe(str(text)).replace("\n", "\\n").replace("\t", " ")

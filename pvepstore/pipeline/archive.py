@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import errno
-import json
 import os
 import stat
 import time
@@ -28,7 +27,8 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..pstore.model import Record
-from ..text import safe_filename
+from ..text import safe_filename, terminal_safe
+from .archivescan import ArchivedIncident, CorruptEntry, Skipped, read_event, scan
 from ..durable import dumps, open_dir
 from ..safefs import Dir, kind
 
@@ -40,24 +40,6 @@ class Retention:
     max_total_mib: int = 1024
 
 
-@dataclass(frozen=True)
-class ArchivedIncident:
-    vmid: int
-    path: Path
-
-    @property
-    def key(self) -> str:
-        return self.path.name
-
-    @property
-    def event(self) -> dict:
-        return json.loads((self.path / "incident.json").read_text())
-
-    def records(self) -> dict[str, bytes]:
-        rdir = self.path / "records"
-        return {p.name: p.read_bytes() for p in sorted(rdir.iterdir())} if rdir.is_dir() else {}
-
-
 class Archive:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -66,13 +48,17 @@ class Archive:
         return self.root / str(int(vmid))
 
     def find(self, event_id: str, vmid: int | None = None) -> ArchivedIncident | None:
-        dirs = [self._vm_dir(vmid)] if vmid is not None else sorted(self.root.glob("*"))
-        for d in dirs:
-            for inc in d.glob(f"*-{event_id[:12]}"):
+        """The archived incident with this event id (corrupt or planted entries never match)."""
+        suffix = f"-{event_id[:12]}"
+        for vm_name in ([str(int(vmid))] if vmid is not None else _names(self.root)):
+            for name in _names(self.root / vm_name):
+                if not name.endswith(suffix) or not name[0].isdigit():
+                    continue
+                inc = self.root / vm_name / name
                 try:
-                    if json.loads((inc / "incident.json").read_text()).get("id") == event_id:
-                        return ArchivedIncident(int(d.name), inc)
-                except (OSError, ValueError):
+                    if stat.S_ISDIR(os.lstat(inc).st_mode) and read_event(inc)["id"] == event_id:
+                        return ArchivedIncident(int(vm_name), inc)
+                except (OSError, ValueError, CorruptEntry):
                     continue
         return None
 
@@ -119,30 +105,30 @@ class Archive:
         return ArchivedIncident(int(vmid), target), fresh
 
     def list(self, vmid: int | None = None, since: datetime | None = None) -> list[ArchivedIncident]:
-        out = []
-        dirs = [self._vm_dir(vmid)] if vmid is not None else sorted(self.root.glob("[0-9]*"))
-        for d in dirs:
-            if not d.is_dir():
-                continue
-            for inc in sorted(d.iterdir()):
-                if inc.name.startswith(".") or not (inc / "incident.json").is_file():
-                    continue
-                if since is not None:
-                    stamp = datetime.strptime(inc.name.split("-")[0], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
-                    if stamp < since:
-                        continue
-                out.append(ArchivedIncident(int(d.name), inc))
-        return sorted(out, key=lambda i: i.key)
+        """The usable incidents, oldest first (bad entries left out: see :meth:`scan`)."""
+        return self.scan(vmid, since)[0]
 
-    def get(self, key: str) -> ArchivedIncident:
-        """An incident by directory name, event id, or a unique prefix of either."""
+    def scan(self, vmid: int | None = None,
+             since: datetime | None = None) -> tuple[list[ArchivedIncident], list[Skipped]]:
+        """The usable incidents and every entry skipped as corrupt, with the reason."""
+        return scan(self.root, vmid, since)
+
+    def get(self, key: str, skipped: list[Skipped] | None = None) -> ArchivedIncident:
+        """An incident by directory name, event id, or a unique prefix of either.
+
+        Bad entries never match; they are appended to ``skipped`` when given.
+        """
         if not key:
             raise InputError("empty incident id")
-        matches = [i for i in self.list() if i.key.startswith(key) or i.event.get("id", "").startswith(key)]
+        incidents, bad = self.scan()
+        if skipped is not None:
+            skipped.extend(bad)
+        matches = [i for i in incidents if i.key.startswith(key) or i.event["id"].startswith(key)]
+        shown = terminal_safe(repr(key[:80]))
         if not matches:
-            raise InputError(f"no incident {key!r} in {self.root}", hint="list them with `pvepstore incidents list`")
+            raise InputError(f"no incident {shown} in {self.root}", hint="list them with `pvepstore incidents list`")
         if len(matches) > 1:
-            raise InputError(f"{key!r} matches {len(matches)} incidents", hint="give more characters of the id")
+            raise InputError(f"{shown} matches {len(matches)} incidents", hint="give more characters of the id")
         return matches[0]
 
     def prune(self, policy: Retention, now: float | None = None) -> list[Path]:
@@ -202,6 +188,14 @@ class Archive:
             except OSError:
                 return False
         return True
+
+
+def _names(path: Path) -> list[str]:
+    """Entry names of a real directory (none for a link, a file or nothing)."""
+    try:
+        return sorted(os.listdir(path)) if stat.S_ISDIR(os.lstat(path).st_mode) else []
+    except OSError:
+        return []
 
 
 def _publish(vm_dir: Dir, build: str, name: str) -> bool:

@@ -230,14 +230,14 @@ def test_provision_ivshmem_through_the_fake_api(pve_guest, fakepve, capsys):
     assert _records_source(fake, doc["incident"]) == "ivshmem-keep"  # the preserved file, not the gone live one
     shown = _ok(cli("incidents", "show", doc["incident"])).stdout
     assert "Shutdown" in shown and "Power down" in shown, shown[-3000:]
-    listed = _ok(cli("incidents", "list", "--vm", str(VMID), "--json")).json
+    listed = _ok(cli("incidents", "list", "--vm", str(VMID), "--json")).json["incidents"]
     assert [i["verdict"] for i in listed] == ["orderly_reboot", "orderly_poweroff"], listed
     assert _ok(cli("collect", str(VMID), "--json")).json["status"] == "nothing"
     # the host reboots: /dev/shm is gone, the durable copy still holds the (archived) record
     keep.unlink()
     doc = _ok(cli("collect", str(VMID), "--json")).json
     assert doc["status"] == "nothing", doc  # recognised as archived: never reported twice
-    assert len(_ok(cli("incidents", "list", "--vm", str(VMID), "--json")).json) == 2
+    assert len(_ok(cli("incidents", "list", "--vm", str(VMID), "--json")).json["incidents"]) == 2
 
     timings["total"] = time.monotonic() - t_all
     with capsys.disabled():
