@@ -153,3 +153,67 @@ def build_all(directory: Path) -> dict[str, Built]:
         sub.mkdir(parents=True, exist_ok=True)
         out[name] = build(sub)
     return out
+
+
+# --- hostile inputs of the other classes (items 2, 10, 11), for the resource-limited harness ---
+
+def backtracking_text(size: int) -> str:
+    """Crash text whose shapes made the old frame/title patterns super-linear (item 2):
+    a `BUG:` line, `Call Trace:`, then lines of long blank runs that end in a character
+    no pattern accepts, long hex/digit runs, and unterminated `[<`/`(`/`+0x` fragments."""
+    head = ("BUG: kernel NULL pointer dereference, address: 0000000000000000\n"
+            "RIP: 0010:" + " " * 64 + "\n"
+            "Call Trace:\n <TASK>\n")
+    shapes = [" " * 2400 + "!",
+              "\t" * 1200 + " ? " + " " * 1200 + "!",
+              "[<" + "f" * 1500 + " " * 900 + "!",
+              " ? func+0x" + "1" * 2000 + "/",
+              "(" * 1200 + " " * 1200 + "!",
+              "RIP: 0010:" + " " * 2000 + "x" * 300 + "+",
+              "Modules linked in:" + " a" * 1200 + " " * 1000 + "!"]
+    out = [head]
+    total = len(head)
+    i = 0
+    while total < size:
+        line = shapes[i % len(shapes)] + "\n"
+        out.append(line)
+        total += len(line)
+        i += 1
+    return "".join(out)[:size]
+
+
+def yaml_alias_bomb(levels: int = 9) -> str:
+    """A billion-laughs configuration (item 11): 10**levels strings from a few hundred bytes."""
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for n in range(1, levels):
+        refs = ", ".join([f"*a{n - 1}"] * 10)
+        lines.append(f"a{n}: &a{n} [{refs}]")
+    lines.append(f"state_dir: *a{levels - 1}")
+    return "\n".join(lines) + "\n"
+
+
+def corrupt_archive(root: Path) -> None:
+    """An archive with one usable incident and one entry of every corrupt shape (item 10)."""
+    import json
+
+    good = root / "101" / "20260101T000000Z-aaaaaaaaaaaa"
+    good.mkdir(parents=True)
+    event = {"specversion": "1.0", "id": "a" * 64, "time": "2026-01-01T00:00:00Z",
+             "type": "io.pvepstore.incident", "source": "pvepstore", "data": {
+                 "vmid": 101, "verdict": {"kind": "kernel_oops", "title": "BUG: test"}}}
+    (good / "incident.json").write_text(json.dumps(event))
+    (root / "12x").mkdir()
+    (root / "garbage").mkdir()
+    (root / "102").write_text("a file where a directory belongs")
+    bad = root / "101"
+    for name, content in [("20260102T000000Z-notjson00000", "{not json"),
+                          ("20260103T000000Z-alist0000000", "[1, 2, 3]"),
+                          ("20260104T000000Z-dictkind0000",
+                           json.dumps({**event, "id": "b" * 64, "data": {"verdict": {"kind": {"x": 1}}}})),
+                          ("20260105T000000Z-\x1b]52;c;AAAA\x07", json.dumps({**event, "id": "\x1b[2J" * 3})),
+                          ("not-a-stamp", json.dumps(event))]:
+        d = bad / name
+        d.mkdir()
+        (d / "incident.json").write_text(content)
+    (bad / "20260106T000000Z-nofile000000").mkdir()
+    (bad / "20260107T000000Z-symlink00000").symlink_to("/etc")
