@@ -9,6 +9,7 @@ from typing import List
 import typer
 
 from ..analysis import extract_crashes
+from ..analysis.limits import RECORD_TEXT_LIMIT
 from ..analysis.evidence import log_evidence
 from ..analysis.verdict import decide
 from ..errors import InputError
@@ -41,17 +42,23 @@ def explain_text(name: str, text: str) -> dict:
     verdict = decide(log_evidence(crashes, name=name))
     keys = ("kind", "title", "panic_message", "rip", "comm", "pid", "cpu", "kernel", "taint", "taint_flags",
             "frames", "modules", "duphash", "signature", "first_line", "line")
-    return {
+    doc = {
         "file": name,
         "crashes": [{k: c.to_json()[k] for k in keys} for c in crashes],
         "verdict": {k: v for k, v in verdict.to_json().items() if k != "evidence"},
     }
+    if len(text) > RECORD_TEXT_LIMIT:
+        # The analysis reads only the tail (limits.RECORD_TEXT_LIMIT): say so, never silently.
+        doc["analysed_tail_chars"] = RECORD_TEXT_LIMIT
+    return doc
 
 
 def render(doc: dict) -> list[str]:
     """Human lines for one file's explain document (not yet terminal-safe)."""
     verdict = doc["verdict"]
     lines = [f"{doc['file']}: {verdict['kind']} ({verdict['severity']}, confidence {verdict['confidence']})"]
+    if "analysed_tail_chars" in doc:
+        lines.append(f"  note: only the last {doc['analysed_tail_chars'] >> 20} Mi characters of the text were analysed")
     if not doc["crashes"]:
         lines.append("  no kernel crash report found")
     for i, crash in enumerate(doc["crashes"], 1):

@@ -83,3 +83,22 @@ def test_explain_runs_on_every_corpus_file():
         assert status == ExitStatus.SUCCESS, err[-2000:]
         docs = json.loads(out)
         assert [d["file"] for d in docs] == chunk
+
+
+@needs_corpus
+def test_explain_of_a_text_past_the_analysis_limit_says_only_the_tail_was_analysed(tmp_path):
+    # A crash at the end of a 5 MiB log is still found (the tail is analysed), and the
+    # output says that the head was not looked at instead of dropping it silently.
+    crash = (CORPUS / "abrt/examples/oops-32bit-graphics.test").read_text(errors="replace")
+    path = tmp_path / "big.log"
+    path.write_text(("[    1.000000] filler line of an ordinary boot log\n" * 100_000) + crash)
+    status, out, err = run("explain", str(path), "--json")
+    assert status == ExitStatus.SUCCESS, err
+    doc = json.loads(out)
+    assert doc["analysed_tail_chars"] == 4 << 20
+    assert doc["verdict"]["kind"] == "kernel_oops"
+    status, out, err = run("explain", str(path))
+    assert "only the last 4 Mi characters" in out
+    small = tmp_path / "small.log"
+    small.write_text(crash)
+    assert "analysed_tail_chars" not in json.loads(run("explain", str(small), "--json")[1])
