@@ -170,7 +170,13 @@ def test_a_broken_ssh_banner_is_one_guest_error_and_no_traceback(tmp_path, garba
                 SshTransport.connect(garbage_target(tmp_path, garbage_sshd.port))
             assert "\n" not in exc.value.message and "\x1b" not in exc.value.message and exc.value.hint
         import time
-        time.sleep(0.2)  # paramiko's transport threads log after the client gave up
+        # paramiko's transport threads log after the client gave up: wait for them (on a
+        # loaded machine that takes longer than any fixed pause), bounded.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(
+                "Error reading SSH protocol banner" in r.getMessage() for r in seen):
+            time.sleep(0.05)
+        time.sleep(0.2)
     finally:
         logging.getLogger("pvepstore.lib").removeHandler(spy)
     out, err = capfd.readouterr()
