@@ -118,8 +118,18 @@ def primary_crash(crashes: Iterable[Crash]) -> Crash | None:
     return ranked[0][1] if ranked else None
 
 
+def dump_trigger(rec: Record, crashes: Sequence[Crash]) -> Crash | None:
+    """The crash that made the kernel write an Oops dump: kmsg_dump(KMSG_DUMP_OOPS) is called
+    from oops_end(), so it is the last Oops of the record.  Reports before it (a soft lockup
+    warning, a WARNING) did not trigger the dump and must not speak for it."""
+    if rec.reason != "Oops":
+        return None
+    oopses = [c for c in crashes if c.kind is CrashKind.OOPS]
+    return oopses[-1] if oopses else None
+
+
 def _from_crashes(rec: Record, crashes: list[Crash], confidence: Confidence) -> Evidence:
-    crash = primary_crash(crashes)
+    crash = dump_trigger(rec, crashes) or primary_crash(crashes)
     assert crash is not None
     suggests = VerdictKind.KERNEL_PANIC if crash.panicked else CRASH_VERDICT[crash.kind]
     summary = crash.title + (f" (kernel panic: {crash.panic_message})" if crash.panicked else "")

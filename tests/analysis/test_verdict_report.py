@@ -154,3 +154,20 @@ def test_schema_rejects_an_open_vocabulary():
     event["data"]["verdict"]["kind"] = "clean_reboot"
     with pytest.raises(jsonschema.ValidationError):
         validate(event)
+
+
+@needs_corpus
+def test_an_oops_dump_is_explained_by_the_oops_that_triggered_it_not_an_earlier_lockup(tmp_path):
+    # Seen on the real-VM tier under load: a guest's soft lockup warning, then the Oops that made
+    # the kernel write the dump (kmsg_dump(KMSG_DUMP_OOPS) from oops_end). The record's reason
+    # names the trigger: the verdict is kernel_oops with the Oops' title, the lockup stays a crash.
+    result = fixture_result("oops-deflate", tmp_path)
+    oops = next(r for r in result.records if r.reason == "Oops")
+    lockup = read("clearlinux/oops_test_files/soft_lockup.txt")
+    rec = record(lockup.encode() + b"\n" + oops.data, reason="Oops")
+    ev = pstore_evidence([rec])
+    assert ev[0].suggests is VerdictKind.KERNEL_OOPS, ev[0]
+    assert "NULL pointer dereference" in ev[0].summary
+    assert {c.kind.value for c in ev[0].crashes} >= {"hang", "oops"}
+    # Without an Oops in the record (nothing to name as the trigger) precedence decides, as before.
+    assert pstore_evidence([record(lockup.encode(), reason="Oops")])[0].suggests is VerdictKind.HANG
