@@ -164,11 +164,15 @@ def test_a_broken_ssh_banner_is_one_guest_error_and_no_traceback(tmp_path, garba
     spy = Spy(logging.DEBUG)
     logging.getLogger("pvepstore.lib").addHandler(spy)
     logging.getLogger("pvepstore.lib").setLevel(logging.DEBUG)
-    # tests/vm/harness.py (imported whenever the whole suite is collected) sets paramiko's level to
-    # CRITICAL: a plain CLI run has no such level, so take it away for this test.
-    paramiko_logger = logging.getLogger("paramiko")
-    saved_level = paramiko_logger.level
-    paramiko_logger.setLevel(logging.NOTSET)
+    # The logging state of a plain CLI run, whatever other tests left: tests/vm/harness.py (imported
+    # when the whole suite is collected) sets paramiko's level to CRITICAL, and a logging config
+    # may have disabled loggers that existed then.
+    touched = [logging.getLogger(n) for n in ("paramiko", "paramiko.transport", "pvepstore", "pvepstore.lib")]
+    saved = [(lg, lg.level, lg.disabled) for lg in touched]
+    for lg in touched[:2]:
+        lg.setLevel(logging.NOTSET)
+    for lg in touched:
+        lg.disabled = False
     try:
         for _ in range(3):
             with pytest.raises(GuestError) as exc:
@@ -184,7 +188,9 @@ def test_a_broken_ssh_banner_is_one_guest_error_and_no_traceback(tmp_path, garba
         time.sleep(0.2)
     finally:
         logging.getLogger("pvepstore.lib").removeHandler(spy)
-        paramiko_logger.setLevel(saved_level)
+        for lg, level, disabled in saved:
+            lg.setLevel(level)
+            lg.disabled = disabled
     out, err = capfd.readouterr()
     assert garbage_sshd.accepted == 3
     assert "Traceback" not in err and "Exception (client)" not in err and "paramiko" not in err, err
