@@ -24,6 +24,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from .backends import registry
+from .backends.registry import BackendName
 from .configcheck import Kind, Spec, check, key_name, shown
 from .configload import parse_yaml, read_config_text
 from .errors import ConfigError
@@ -32,7 +34,22 @@ from .hostpaths import DEFAULT_ROOT, ENV_ROOT, PROXMOX_CA, HostPaths
 DEFAULT_CONFIG = "/etc/pvepstore/config.yaml"
 ENV_CONFIG = "PVEPSTORE_CONFIG"
 SERIAL_RE = re.compile(r"^[A-Za-z0-9_-]{1,20}$")  # virtio-blk shows at most 20 bytes
-BACKENDS = ("pstore_blk", "ivshmem")
+
+
+class _BackendNames(tuple):
+    """The registry's names when asked (a backend registered later is valid too); a tuple for show."""
+
+    def __contains__(self, name: object) -> bool:
+        return name in registry.names()
+
+    def __iter__(self):
+        return iter(registry.names())
+
+    def __len__(self) -> int:
+        return len(registry.names())
+
+
+BACKENDS = _BackendNames()
 DAY = 86400.0
 
 _HOST = Spec(Kind.STR, pattern=r"[A-Za-z0-9_.:\[\]%-]+", form="a host name or IP address")
@@ -142,7 +159,7 @@ class Config:
     state_dir: str = _key("/var/lib/pvepstore", _PATH)
     node: str | None = _key(None, Spec(Kind.STR, optional=True, pattern=r"[A-Za-z0-9][A-Za-z0-9.-]{0,62}",
                                        form="a node name"))  # None: from /etc/pve/.members
-    backend: str = _key("pstore_blk", _BACKEND)
+    backend: str = _key(registry.DEFAULT, _BACKEND)
     api: ApiConfig = ApiConfig()
     ssh: SshConfig = SshConfig()
     disk: DiskConfig = DiskConfig()
@@ -166,7 +183,8 @@ class Config:
         return VmConfig(ssh=ssh, disk=disk, backend=raw.get("backend") or self.backend)
 
 
-_SECTIONS = {"api": ApiConfig, "ssh": SshConfig, "disk": DiskConfig, "pstore_blk": PstoreBlkConfig,
+_SECTIONS = {"api": ApiConfig, "ssh": SshConfig, "disk": DiskConfig,
+             BackendName.PSTORE_BLK.value: PstoreBlkConfig,  # that backend's own settings
              "scope": ScopeConfig, "collect": CollectConfig, "retention": RetentionConfig}
 _VM_KEYS = {"ssh", "disk", "backend"}
 
@@ -286,12 +304,9 @@ def _sinks(raw: Any) -> tuple[Mapping[str, Any], ...]:
         return ()
     if not isinstance(raw, list):
         raise ConfigError(f"sinks: must be a list of mappings, each with a type (got {shown(raw)})")
-    from .configsinks import check_sink
-    from .pipeline.sinks import build_sinks
+    from .configsinks import check_sinks
 
-    for i, spec in enumerate(raw):
-        check_sink(f"sinks.{i}", spec)
-    build_sinks(raw)  # reads auth_header_file, refuses duplicate names
+    check_sinks(raw)  # also reads auth_header_file, refuses duplicate names
     return tuple(raw)
 
 

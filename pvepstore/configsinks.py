@@ -52,3 +52,26 @@ def check_sink(prefix: str, spec: Any) -> None:
         if key not in spec:
             raise ConfigError(f"{prefix}.{key}: missing (a {kind} sink needs it)",
                               hint="see config.example.yaml for the keys of each sink type")
+
+
+def check_sinks(raw: list) -> None:
+    """Every entry (:func:`check_sink`), then what building them would refuse, in the same order and
+    words as :func:`pvepstore.pipeline.sinks.build_sinks`: an unreadable ``auth_header_file``, a name
+    used twice (config checks here so that it does not import the pipeline)."""
+    from pathlib import Path
+
+    for i, spec in enumerate(raw):
+        check_sink(f"sinks.{i}", spec)
+    names: set[str] = set()
+    for i, spec in enumerate(raw):
+        kind = spec["type"]
+        header_file = spec.get("auth_header_file")
+        if header_file:
+            try:
+                Path(header_file).read_text()
+            except OSError as exc:
+                raise ConfigError(f"sinks.{i}.auth_header_file: cannot read {header_file}: {exc.strerror}") from None
+        name = spec.get("name", kind if kind not in names else f"{kind}-{i}")
+        if name in names:
+            raise ConfigError(f"sinks.{i}.name: {name!r} is used twice")
+        names.add(name)

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from .frame import Frame, parse_frame, parse_trace
 from .limits import bounded
 from .logline import GLUED_TIME, LogLine, PstoreHeader, peel, split_lines
+from .signature import duphash, short_signature
 from .taint import decode_taint, taint_letters
+from .title import make_title
 from .trigger import CrashKind, Role, Trigger, match_trigger, panic_cause, PRELUDE
 
 _END = re.compile(r"^-+\[ end (?:trace|Kernel panic)")
@@ -320,9 +322,6 @@ def extract_crashes(text: str, *, host: str | None = None) -> list[Crash]:
     :func:`~.limits.image_budget` in effect runs out); line numbers still count from the
     start of ``text``.
     """
-    from .title import make_title  # late: title imports crash types
-    from .signature import duphash, short_signature
-
     text, skipped = bounded(text)
     lines, headers = split_lines(text, host=host, first_number=skipped)
     release = next((m.group("rel") for line in lines if (m := _LINUX_VERSION.match(line.text))), None)

@@ -133,7 +133,7 @@ def _from_crashes(rec: Record, crashes: list[Crash], confidence: Confidence) -> 
     assert crash is not None
     suggests = VerdictKind.KERNEL_PANIC if crash.panicked else CRASH_VERDICT[crash.kind]
     summary = crash.title + (f" (kernel panic: {crash.panic_message})" if crash.panicked else "")
-    return Evidence("pstore_blk" if rec.backend == "pstore_blk" else rec.backend, suggests, confidence, summary,
+    return Evidence(rec.backend, suggests, confidence, summary,
                     time=rec.time, record=rec.name, sha256=rec.sha256,
                     details={"reason": rec.reason, "count": rec.counter, "crashes": len(crashes)},
                     crashes=tuple(crashes))

@@ -10,7 +10,7 @@ import typer
 
 from .. import __version__
 from ..errors import PvepstoreError
-from .environment import Environment
+from .environment import Environment, env_of  # noqa: F401 (env_of: re-exported)
 from .status import ExitStatus, status_for
 
 app = typer.Typer(
@@ -21,14 +21,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-
-def env_of(ctx: typer.Context) -> Environment:
-    """The Environment main() put in the click context (a default one when run bare)."""
-    root = ctx.find_root()
-    if not isinstance(root.obj, Environment):
-        root.obj = Environment()
-    return root.obj
 
 
 def _version(ctx: typer.Context, value: bool) -> None:
@@ -49,13 +41,19 @@ def _root(ctx: typer.Context,
         env_of(ctx).config_path = config
 
 
-# Commands register themselves on `app` when their module is imported.
-from . import parse as _parse  # noqa: E402,F401
-from . import explain as _explain  # noqa: E402,F401
-from . import collect as _collect  # noqa: E402,F401
-from . import hook as _hook  # noqa: E402,F401
-from . import pve as _pve  # noqa: E402,F401
-from . import guest as _guest  # noqa: E402,F401
+# The commands, registered here (their modules do not know the app: no import cycle).
+from . import collect, explain, guest, hook, parse, pve  # noqa: E402
+
+COMMANDS = [("parse", parse.parse_command, {}), ("explain", explain.explain_command, {}),
+            ("collect", collect.collect_command, {}), ("sweep", collect.sweep_command, {}),
+            ("reboot", collect.reboot_command, {}), ("install-timer", collect.install_timer, {}),
+            ("hook", hook.hook_command, {"hidden": True}),
+            ("provision", pve.provision_command, {}), ("unprovision", pve.unprovision_command, {}),
+            ("status", pve.status_command, {}), ("read", pve.read_command, {})]
+app.add_typer(collect.incidents_app, name="incidents")
+for _name, _function, _options in COMMANDS:
+    app.command(_name, **_options)(_function)
+app.add_typer(guest.guest_app, name="guest")
 
 
 def main(args: Sequence[str] | None = None, env: Environment | None = None) -> ExitStatus:

@@ -18,13 +18,12 @@ import typer
 
 from ..errors import ConfigError, InputError, UsageError
 from ..text import terminal_safe
-from .app import app, env_of
+from .environment import env_of
 from .environment import Environment
 from .status import ExitStatus
 
 VMID = {"min": 100, "max": 999_999_999}  # Proxmox's VM id range, for every VM id option (exit 2 beyond)
 incidents_app = typer.Typer(help="Browse the incident archive.", no_args_is_help=True)
-app.add_typer(incidents_app, name="incidents")
 
 
 def _pipeline(env: Environment):
@@ -52,7 +51,6 @@ def _describe(res) -> str:
     return " ".join(parts)
 
 
-@app.command("collect")
 def collect_command(ctx: typer.Context, vmid: int = typer.Argument(..., help="VM id.", **VMID),
                     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")) -> int:
     """Collect one VM now: read its records, archive, forward, clear."""
@@ -82,7 +80,6 @@ def collect_command(ctx: typer.Context, vmid: int = typer.Argument(..., help="VM
     return ExitStatus.SUCCESS
 
 
-@app.command("sweep")
 def sweep_command(ctx: typer.Context,
                   all_nodes: bool = typer.Option(False, "--all-nodes",
                                                  help="Also VMs of other nodes (running ones only)."),
@@ -244,14 +241,13 @@ def incidents_show(ctx: typer.Context, incident: str = typer.Argument(..., help=
     return ExitStatus.SUCCESS
 
 
-@app.command("reboot")
 def reboot_command(ctx: typer.Context, vmid: int = typer.Argument(..., help="VM id.", **VMID),
                    reason: str = typer.Option(..., "--reason", help="Why (recorded as the boot's end)."),
                    as_json: bool = typer.Option(False, "--json")) -> int:
     """Reboot a guest with a recorded reason: the next verdict is ``orderly_reboot: REASON``."""
     from ..errors import GuestError
     from ..pipeline.collect import VmState
-    from ..pipeline.handles import open_guest
+    from ..pipeline.handles import open_guest, where_is
     from ..pve.api import connect
     from ..pve.inventory import locate
 
@@ -262,8 +258,9 @@ def reboot_command(ctx: typer.Context, vmid: int = typer.Argument(..., help="VM 
         raise UsageError("--reason must be 1-500 characters")
     api = connect(cfg)
     ref = locate(api, vmid)
-    if ref.status != "running":
-        raise GuestError(f"VM {vmid} is {ref.status}, not running", hint="start it; there is nothing to reboot")
+    where = where_is(cfg, api, ref.node, vmid, status=ref.status)
+    if not where.running:
+        raise GuestError(f"VM {vmid} is {where.status}, not running", hint="start it; there is nothing to reboot")
     guest = open_guest(cfg, api, ref)  # any backend: the reboot itself goes through the guest
     state = VmState(Path(cfg.state_dir) / "vms")
     plan = {"reason": reason, "time": time.time(), "user": _who(env)}
@@ -289,7 +286,6 @@ def _who(env: Environment) -> str:
     return env.environ.get("SUDO_USER") or env.environ.get("USER") or getpass.getuser()
 
 
-@app.command("install-timer")
 def install_timer(ctx: typer.Context,
                   unit_dir: Path = typer.Option(Path("/etc/systemd/system"), "--unit-dir",
                                                 help="Where to write the units."),

@@ -50,3 +50,11 @@ class Environment:
 
 def _one_line(text: str) -> str:
     return terminal_safe(str(text)).replace("\n", "\\n").replace("\t", " ")
+
+
+def env_of(ctx: "typer.Context") -> Environment:
+    """The Environment main() put in the click context (a default one when run bare)."""
+    root = ctx.find_root()
+    if not isinstance(root.obj, Environment):
+        root.obj = Environment()
+    return root.obj

@@ -15,7 +15,7 @@ from ..analysis.verdict import decide
 from ..errors import InputError
 from ..pstore.source import open_input
 from ..text import terminal_safe
-from .app import app, env_of
+from .environment import env_of
 
 MAX_BYTES = 64 * 1024 * 1024  # far beyond any kernel log; protects against a wrong argument (a disk image)
 
@@ -92,7 +92,6 @@ def render(doc: dict) -> list[str]:
     return lines
 
 
-@app.command("explain")
 def explain_command(
     ctx: typer.Context,
     # readable=False: explain opens the files itself (exit 3 with a hint, not click's exit 2)

@@ -9,14 +9,14 @@ from typing import Optional
 
 import typer
 
+from ..backends import registry
 from ..errors import GuestError, InputError
 from ..guest import GuestTarget, connect
 from ..text import safe_filename, terminal_safe
-from .app import app, env_of
+from .environment import env_of
 
 guest_app = typer.Typer(help="Configure pstore_blk inside a guest over SSH, and read its records.",
                         no_args_is_help=True)
-app.add_typer(guest_app, name="guest")
 
 _VMID = typer.Argument(..., min=100, help="Proxmox VM id (its settings come from the config file).")
 _HOST = typer.Option(None, "--host", help="Guest address [default: vms.<id>.ssh.host].")
@@ -73,13 +73,13 @@ def probe_cmd(ctx: typer.Context, vmid: int = _VMID, host: Optional[str] = _HOST
     """Report what the guest can capture and what is in the way (changes nothing)."""
     env, cfg, vm, target = _setup(ctx, vmid, host, port, user)
     with connect(target) as g:
-        r = g.probe(serial=vm.disk.serial, disk_bytes=vm.disk.size_mib << 20, backend=vm.backend)
+        r = registry.get(vm.backend).probe(g, vm.disk.serial, vm.disk.size_mib << 20)
     _dump(env, r.to_json()) if as_json else _render_probe(env, r)
 
 
 def _make_plan(g, cfg, vm, remove_legacy):
-    # the VM's configured backend (vms.<id>.backend): pstore_blk or ivshmem
-    report = g.probe(serial=vm.disk.serial, disk_bytes=vm.disk.size_mib << 20, backend=vm.backend)
+    # assessed for the VM's configured backend (vms.<id>.backend)
+    report = registry.get(vm.backend).probe(g, vm.disk.serial, vm.disk.size_mib << 20)
     return report, g.plan(report, kmsg_size=cfg.pstore_blk.kmsg_size, max_reason=cfg.pstore_blk.max_reason,
                           remove_legacy=remove_legacy)
 
@@ -125,7 +125,8 @@ def verify_cmd(ctx: typer.Context, vmid: int = _VMID, host: Optional[str] = _HOS
     """Check that pstore_blk is the backend, with pvepstore's parameters, on the pstore disk."""
     env, cfg, vm, target = _setup(ctx, vmid, host, port, user)
     with connect(target) as g:
-        result = g.verify(serial=vm.disk.serial, backend=vm.backend)
+        # the guest's manifest says which backend is verified (the configured one without a manifest)
+        result = g.verify(serial=vm.disk.serial, assess=registry.get(vm.backend).guest_rules.assess)
     if as_json:
         _dump(env, result.to_json())
     else:

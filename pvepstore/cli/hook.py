@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import typer
 
-from .app import app, env_of
+from .environment import env_of
 
 PHASES = ("pre-start", "post-start", "pre-stop", "post-stop")
 
 
-@app.command("hook", hidden=True)
 def hook_command(ctx: typer.Context, vmid: int = typer.Argument(...), phase: str = typer.Argument(...)) -> int:
     """Called by Proxmox through pvepstore's hookscript; keeps ivshmem records across stop/start."""
     from ..pve.ivshmem import run_hook

@@ -18,7 +18,7 @@ from ..pstore import (FORMATS, BlkParams, FileSource, Finding, ParseResult, Ramo
 from ..pstore.layout import NR_CPUS_MAX, SZ_128M
 from ..pstore.model import select_for_analysis
 from ..pstore.source import unpack_xz_sparse
-from .app import app, env_of
+from .environment import env_of
 from .render import render_summary, write_json
 
 SAMPLE = "sample-oops.img.xz"
@@ -123,7 +123,6 @@ def extract(result: ParseResult, directory: Path) -> list[Path]:
     return written
 
 
-@app.command("parse")
 def parse_command(
     ctx: typer.Context,
     # readable=False: pvepstore opens the image itself (exit 3 with a hint, not click's exit 2)

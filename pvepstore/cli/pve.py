@@ -7,10 +7,12 @@ from datetime import datetime, timezone
 
 import typer
 
+from ..backends import registry
 from ..pipeline import provision as prov
 from ..pipeline import reading
 from ..text import terminal_safe
-from .app import app, env_of
+from .environment import env_of
+from .provision_view import provision_lines, unprovision_lines
 from .render import render_summary
 from .status import ExitStatus
 
@@ -25,13 +27,12 @@ def _dump(env, doc) -> None:
     env.out(json.dumps(doc, indent=2, ensure_ascii=True, default=str))
 
 
-@app.command("provision")
 def provision_command(
     ctx: typer.Context,
     vmid: int = typer.Argument(..., min=100, help="The VM id."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show every API call and guest change; change nothing."),
     reboot: bool = typer.Option(False, "--reboot", help="Reboot the VM afterwards and verify."),
-    backend: str = typer.Option(None, "--backend", metavar="pstore_blk|ivshmem",
+    backend: str = typer.Option(None, "--backend", metavar="|".join(registry.names()),
                                 help="The backend (default: vms.<id>.backend or backend in the config)."),
     restart: bool = typer.Option(False, "--restart", help="ivshmem: restart the VM through the API (shutdown + "
                                  "start; a stopped VM is started) so the device appears, then verify."),
@@ -43,24 +44,21 @@ def provision_command(
     through the Proxmox API and configure the guest over SSH."""
     env = env_of(ctx)
     cfg = env.load_config()
-    if backend is not None and backend not in ("pstore_blk", "ivshmem"):
-        raise typer.BadParameter("must be pstore_blk or ivshmem", param_hint="--backend")
+    if backend is not None and backend not in registry.names():
+        raise typer.BadParameter("must be " + " or ".join(registry.names()), param_hint="--backend")
     context = prov.make_context(cfg, dry_run=dry_run, progress=lambda text: _progress(env, text))
     result = prov.provision(context, vmid, dry_run=dry_run, reboot=reboot, backend=backend, restart=restart,
                             hook_storage=hook_storage)
     if as_json:
         _dump(env, result.to_json())
     else:
-        for line in result.lines():
+        for line in provision_lines(result):
             env.out(line)
     if result.ok:
         return ExitStatus.SUCCESS
-    if isinstance(result, prov.IvshmemProvisionResult):
-        return ExitStatus.PVE if result.device_pending else ExitStatus.GUEST
-    return ExitStatus.PVE if result.disk.pending or not result.disk.ready else ExitStatus.GUEST
+    return ExitStatus.PVE if result.pve_pending else ExitStatus.GUEST
 
 
-@app.command("unprovision")
 def unprovision_command(
     ctx: typer.Context,
     vmid: int = typer.Argument(..., min=100, help="The VM id."),
@@ -75,7 +73,7 @@ def unprovision_command(
     if as_json:
         _dump(env, result.to_json())
     else:
-        for line in result.lines():
+        for line in unprovision_lines(result):
             env.out(line)
 
 
@@ -89,7 +87,6 @@ def _yn(value) -> str:
     return "-" if value is None else ("yes" if value else "no")
 
 
-@app.command("status")
 def status_command(
     ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
@@ -112,7 +109,6 @@ def status_command(
                 f"{_when(r.last_collection)}" + (f"  error: {r.error}" if r.error else ""))
 
 
-@app.command("read")
 def read_command(
     ctx: typer.Context,
     vmid: int = typer.Argument(..., min=100, help="The VM id."),
@@ -137,8 +133,8 @@ def read_command(
         for line in render_summary(got.result):
             env.out(line)
     else:
-        env.out(f"VM {vmid}: " + (f"read from its ivshmem memory on the host ({result.source})"
-                                  if result.source.startswith("ivshmem") else "read through the guest"))
+        env.out(f"VM {vmid}: " + (f"read from {result.host_label} ({result.source})"
+                                  if result.host_label else "read through the guest"))
         if not result.guest_records:
             env.out("no records")
         for rec in result.guest_records:

@@ -6,6 +6,7 @@ import json
 from typing import Iterator
 
 from ..analysis.crash import extract_crashes
+from ..pstore.zoneformat import BACKEND as BLK_FORMAT  # the record format (the kernel's pstore backend)
 from ..analysis.evidence import primary_crash
 from ..analysis.logline import PSTORE_PART, PSTORE_TOTAL, peel
 from ..pstore import ParseResult, Record
@@ -46,10 +47,10 @@ def describe_layout(result: ParseResult) -> str:
     if len(doc["zones"]) > 16:
         parts.append(f"{len(doc['zones']) - 16} more zones")
     disc = doc.get("discovery")
-    how = (f"discovered from {'signatures' if doc['format'] == 'pstore_blk' else 'zone headers'}, "
+    how = (f"discovered from {'signatures' if doc['format'] == BLK_FORMAT else 'zone headers'}, "
            f"{disc['confidence']} confidence" if disc else "from the given parameters")
     cap = ""
-    if doc["format"] == "pstore_blk" and doc["total_size"] != doc["device_size"]:
+    if doc["format"] == BLK_FORMAT and doc["total_size"] != doc["device_size"]:
         cap = f", kernel uses the first {doc['total_size'] >> 20} MiB"
     kind = "ramoops, " if doc["format"] == "ramoops" else ""
     return f"layout: {kind}{', '.join(parts)} ({how}{cap})"

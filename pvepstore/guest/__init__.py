@@ -15,6 +15,14 @@
 
 Every method is one remote command (one round trip on the open connection),
 except ``undo`` (probe + change).
+
+Layout: ``probe`` (the facts) -> a backend's guest rules (``blk_wishes``, ``ramoops_wishes``,
+shared ``rules``: capabilities, problems, costs, the :class:`~.plan.GuestWishes` it wants,
+verify) -> ``plan`` (the generic engine: files, units, manifest, undo) -> ``session``
+(``Guest``: one command each).  A backend's functions are passed in
+(``guest.probe(assess=blk_wishes.assess)``, ``guest.plan(report, wishes=...)``,
+``guest.verify(check=blk_wishes.verify)``); ``backend="pstore_blk"|"ivshmem"`` still works
+through the one name mapping in ``setup``.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from __future__ import annotations
 from .probe import Capability, DiskState, Problem, ProbeReport
 from .records import BootHistory, ClearResult, GuestRecord
 from .session import Guest, connect
-from .setup import ApplyResult, Change, Plan, VerifyResult
+from .changes import ApplyResult, Change, Plan, VerifyResult
 from .transport import CommandResult, GuestTarget, SshTransport, Transport
 
 __all__ = [

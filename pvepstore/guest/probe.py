@@ -1,62 +1,34 @@
-"""The capability report: what a guest's kernel and disk can really capture, and what is in the way.
+"""The probe report: the facts of a guest's kernel, modules, files, pstore disk and ivshmem device.
 
-Built from one run of :data:`pvepstore.guest.scripts.PROBE`, for a target
-backend (``pstore_blk`` or ``ivshmem``).  The capability matrix follows
-``pstore-blk-format.md`` §6/§10 and ``panic-capable-backends.md``: on a virtual
-disk pstore_blk keeps non-fatal Oopses only (panics, shutdown and
-emergency-restart dumps are never written); ramoops on Proxmox's ivshmem device
-keeps all of them, written synchronously into memory the host reads.
-Console/pmsg exist only where the kernel has those frontends.  Every problem
-carries the fix ``apply`` would make (or why it cannot).
+Built from one run of :data:`pvepstore.guest.scripts.PROBE`.  The verdict for one backend
+(what it can capture here, what it costs, what is in the way: ``target``, ``configured``,
+``capabilities``, ``costs``, ``problems``) is filled in by that backend's rules
+(``blk_wishes.assess``, ``ramoops_wishes.assess``, shared parts in ``rules``).
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .legacy import find_legacy
+from .manifest import parse_manifest
+from .model import Capability, FileState, Problem
+from .scripts import MANIFEST
 from .wire import Reply, decode
 
+__all__ = ["BY_ID", "KMOD_BLK", "KMOD_RAMOOPS", "Capability", "DiskState", "FileState", "IvshmemDevice", "Problem", "ProbeReport",
+           "build_report"]
+
 BY_ID = "/dev/disk/by-id/virtio-{serial}"
-TARGETS = ("pstore_blk", "ivshmem")
+# the kernel's names of the pstore backends pvepstore loads (pstore's "backend" parameter and the
+# module); not pvepstore's backend names, which are the backends registry's
+KMOD_BLK = "pstore_blk"
+KMOD_RAMOOPS = "ramoops"
 IVSHMEM_BYTES = 1 << 20  # ivshmem: size=1 (MiB), what provision sets
 PSZ_SIG = b"DBGC"  # little-endian 0x43474244 at the start of a dmesg zone
 
-# severities: blocker = apply refuses; fix = apply fixes it; consent = apply fixes it only
-# with remove_legacy; warning = pvepstore cannot fix it; info = for the record
-SEVERITIES = ("blocker", "fix", "consent", "warning", "info")
-
-
-@dataclass(frozen=True)
-class Problem:
-    code: str
-    severity: str
-    message: str
-    fix: str = ""
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Capability:
-    status: str  # "yes" | "no" | "unknown"
-    note: str
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class FileState:
-    path: str
-    sha256: str  # "link:TARGET" for symlinks
-    mode: str = ""
-    size: int = 0
-    content: bytes | None = None  # None: larger than the probe's cap (or a symlink)
-    link: str | None = None
 
 
 @dataclass
@@ -96,7 +68,7 @@ class IvshmemDevice:
 class ProbeReport:
     serial: str
     disk_bytes: int | None
-    target: str = "pstore_blk"  # the backend pvepstore is to set up: pstore_blk | ivshmem
+    target: str = ""  # the backend the verdict below is for (set with it, by the backend's assess)
     kernel: str = ""
     arch: str = ""
     distro: str = ""
@@ -128,6 +100,7 @@ class ProbeReport:
     crash_kexec_post_notifiers: bool | None = None
     systemd_pstore: dict[str, Any] = field(default_factory=dict)
     service: dict[str, str] = field(default_factory=dict)
+    units: dict[str, dict[str, str]] = field(default_factory=dict)  # every unit probed: enabled/active
     tools: set[str] = field(default_factory=set)
     dirs: set[str] = field(default_factory=set)
     files: dict[str, FileState] = field(default_factory=dict)
@@ -136,7 +109,9 @@ class ProbeReport:
     manifest: dict | None = None
     manifest_error: str | None = None
     cmdline_legacy: list[str] = field(default_factory=list)
-    legacy: list[dict] = field(default_factory=list)  # filled by setup.find_legacy
+    legacy: list[dict] = field(default_factory=list)  # filled by legacy.find_legacy
+    # the verdict for the target backend (see the module docstring)
+    configured: bool = False  # the target backend is registered right now, on pvepstore's target
     capabilities: dict[str, Capability] = field(default_factory=dict)
     costs: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
@@ -145,13 +120,6 @@ class ProbeReport:
     @property
     def by_id(self) -> str:
         return BY_ID.format(serial=self.serial)
-
-    @property
-    def configured(self) -> bool:
-        """The target backend is registered right now (pstore_blk on our disk; ramoops on the ivshmem BAR)."""
-        if self.target == "ivshmem":
-            return self.ramoops_on_ivshmem
-        return self.backend == "pstore_blk" and self.blk_params.get("blkdev") == self.by_id
 
     @property
     def ramoops_on_ivshmem(self) -> bool:
@@ -256,10 +224,9 @@ def _bool_setting(v: str | None, default: bool) -> bool:
     return v.strip().lower() in ("1", "yes", "true", "on", "y")
 
 
-def build_report(reply: Reply, serial: str, disk_bytes: int | None, target: str = "pstore_blk") -> ProbeReport:
-    if target not in TARGETS:
-        raise ValueError(f"unknown backend {target!r}")
-    r = ProbeReport(serial=serial, disk_bytes=disk_bytes, target=target)
+def build_report(reply: Reply, serial: str, disk_bytes: int | None) -> ProbeReport:
+    """The facts only; a backend's ``assess`` adds its verdict."""
+    r = ProbeReport(serial=serial, disk_bytes=disk_bytes)
     r.incomplete = not reply.complete
     r.kernel = reply.text("uname", 0, limit=256).strip()
     r.arch = reply.text("uname", 1, limit=64).strip()
@@ -282,7 +249,7 @@ def build_report(reply: Reply, serial: str, disk_bytes: int | None, target: str 
     kconf = _kconfig(reply.text("kconfig"))
     if "/pstore_blk.ko" in builtin or kconf.get("PSTORE_BLK") == "y":
         r.pstore_blk = "builtin"
-    elif modfiles.get("pstore_blk") or "pstore_blk" in r.loaded:
+    elif modfiles.get(KMOD_BLK) or KMOD_BLK in r.loaded:
         r.pstore_blk = "module"
     if "/ramoops.ko" in builtin or kconf.get("PSTORE_RAM") == "y":
         r.ramoops = "builtin"
@@ -337,6 +304,7 @@ def build_report(reply: Reply, serial: str, disk_bytes: int | None, target: str 
         if len(f) >= 3:
             name = decode(f[0], 64)
             state = {"enabled": decode(f[1], 64).strip(), "active": decode(f[2], 64).strip()}
+            r.units[name] = state
             if name == "systemd-pstore.service":
                 r.systemd_pstore.update(state)
             elif name == "pvepstore-blk.service":
@@ -382,218 +350,8 @@ def build_report(reply: Reply, serial: str, disk_bytes: int | None, target: str 
         d.initialized = reply.has("disk_initialized")
     r.disk = d
     r.dmesg = [ln[:300] for ln in reply.text("dmesg", limit=8192).splitlines()][-40:]
-    mf = r.files.get("/var/lib/pvepstore/manifest.json")
+    mf = r.files.get(MANIFEST)
     if mf is not None:
-        from .setup import parse_manifest
-
         r.manifest, r.manifest_error = parse_manifest(mf.content)
-    from .setup import find_legacy
-
-    r.legacy = find_legacy(r)
-    r.capabilities = capabilities(r)
-    r.costs = costs(r)
-    r.problems = problems(r)
+    r.legacy = find_legacy(r.files)
     return r
-
-
-# -- the truth table --------------------------------------------------------------
-
-def _frontends(r: ProbeReport, caps: dict[str, Capability], lags: str) -> None:
-    for front in ("console", "pmsg"):
-        built = r.frontends.get(front)
-        if built is None:
-            caps[front] = Capability("unknown", "kernel config not readable; pvepstore does not enable it")
-        elif built:
-            lag = f" ({lags})" if front == "console" and lags else \
-                " (synchronous: a reboot reason written to /dev/pmsg0 survives)" if front == "pmsg" else ""
-            caps[front] = Capability("yes", f"kernel has PSTORE_{front.upper()}{lag}")
-        else:
-            caps[front] = Capability("no", f"kernel built without PSTORE_{front.upper()}")
-
-
-def ivshmem_capabilities(r: ProbeReport) -> dict[str, Capability]:
-    """ramoops on the ivshmem BAR: every dump is written synchronously into memory the host maps."""
-    if r.ramoops == "missing":
-        no = Capability("no", "this kernel has no ramoops (CONFIG_PSTORE_RAM)")
-        return {k: no for k in ("oops", "panic", "shutdown", "emergency_restart", "console", "pmsg")}
-    caps = {
-        "oops": Capability("yes", "written at once into the ivshmem memory (panic_on_oops=1: as a panic)"),
-        "panic": Capability("yes", "written at panic time; the host reads a hung guest's record from the "
-                                   "live shm file"),
-        "shutdown": Capability("yes", "clean reboot/poweroff leaves a Shutdown record (max_reason=4)"),
-        "emergency_restart": Capability("yes", "sysrq-b and kernel.panic=N reboots leave an Emergency record"),
-    }
-    _frontends(r, caps, "synchronous in memory")
-    return caps
-
-
-def costs(r: ProbeReport) -> list[str]:
-    """What the target backend costs the VM (shown next to the capabilities)."""
-    if r.target == "ivshmem":
-        return ["the ivshmem device is a local resource: Proxmox refuses live migration of the VM",
-                "/dev/shm is lost when the host reboots: pvepstore's hookscript keeps a durable copy at "
-                "every VM stop (records of a VM still running when the host crashes are lost)",
-                "each guest boot writes its first dump into zone 0 again: collect promptly (the sweep; "
-                "systemd-pstore also copies records to /var/lib/systemd/pstore at boot)"]
-    return ["a 512 MiB virtual disk per VM; only non-fatal Oopses are kept"]
-
-
-def capabilities(r: ProbeReport) -> dict[str, Capability]:
-    if r.target == "ivshmem":
-        return ivshmem_capabilities(r)
-    caps: dict[str, Capability] = {}
-    if r.pstore_blk == "missing":
-        no = Capability("no", "this kernel has no pstore_blk (not built, or marked BROKEN as in late 5.10.y)")
-        return {k: no for k in ("oops", "panic", "shutdown", "emergency_restart", "console", "pmsg")}
-    if r.panic_on_oops:
-        caps["oops"] = Capability("no", "panic_on_oops=1: every Oops becomes a panic, which a block "
-                                        "device cannot record")
-    else:
-        caps["oops"] = Capability("yes", "non-fatal Oops, written ~0.5 s after the event; lost if the "
-                                         "guest resets or powers off within that time")
-    caps["panic"] = Capability("no", "pstore_blk on a virtual disk has no panic-time write path")
-    caps["shutdown"] = Capability("no", "the shutdown/reboot dump is deferred and the machine resets first")
-    caps["emergency_restart"] = Capability("no", "sysrq-b and panic=N reboots leave no record")
-    _frontends(r, caps, "lags ~0.5-1 s behind the console")
-    return caps
-
-
-def problems(r: ProbeReport) -> list[Problem]:
-    out: list[Problem] = []
-    add = lambda *a: out.append(Problem(*a))  # noqa: E731
-    if r.incomplete:
-        add("probe-incomplete", "blocker", "the probe did not finish (output cut or script failed)",
-            "check the guest's shell tools (coreutils, util-linux, kmod)")
-    if r.target == "ivshmem":
-        _ivshmem_problems(r, add)
-    else:
-        _blk_problems(r, add)
-    _common_problems(r, add)
-    return out
-
-
-def _ivshmem_problems(r: ProbeReport, add) -> None:
-    if r.ramoops == "missing":
-        add("no-ramoops", "blocker", f"kernel {r.kernel or '?'} has no ramoops",
-            "boot a kernel with CONFIG_PSTORE_RAM (Debian 12's 6.1 has it as a module)")
-    d = r.ivshmem
-    if d is None:
-        other = ", ".join(f"{x.pci} ({x.size} bytes)" for x in r.ivshmem_all)
-        add("ivshmem-missing", "warning", "no 1 MiB ivshmem device (PCI 1af4:1110) in this boot"
-            + (f"; found {other}" if other else ""),
-            "Proxmox adds the device at the VM's next cold start (stop + start, or `pvepstore provision "
-            "--restart`); a reboot inside the guest is not enough. The unit loads ramoops from then on")
-    elif d.driver:
-        add("ivshmem-claimed", "blocker", f"the ivshmem device {d.pci} is claimed by the driver {d.driver}",
-            "ramoops needs the memory region for itself: unbind or remove that driver")
-    if r.backend == "pstore_blk":
-        add("backend-blk", "fix", "pstore_blk holds pstore's single slot (switching backends)",
-            "unload pstore_blk, then load ramoops on the ivshmem device")
-    else:
-        _slot_problems(r, "ramoops", add, erst_hint="remove the acpi-erst device from the VM")
-    if r.ramoops != "missing" and not r.configured:
-        if r.backend == "ramoops":
-            add("ramoops-params", "fix", "ramoops runs with other parameters (mem_address="
-                f"{r.ramoops_params.get('mem_address', '?')})", "reload ramoops on the ivshmem device")
-        else:
-            add("not-configured", "fix", "ramoops is not loaded on the ivshmem device",
-                "a boot-time unit that loads ramoops on the device's BAR2")
-
-
-def _blk_problems(r: ProbeReport, add) -> None:
-    if r.pstore_blk == "missing":
-        add("no-pstore-blk", "blocker", f"kernel {r.kernel or '?'} has no pstore_blk",
-            "boot a kernel with CONFIG_PSTORE_BLK (Debian 12's 6.1 has it as a module)")
-    d = r.disk
-    if d is None or not d.present:
-        add("disk-missing", "blocker", f"{r.by_id} does not exist",
-            f"attach the pstore disk with serial={r.serial} (virtio-blk)")
-    else:
-        if r.disk_bytes is not None and d.size != r.disk_bytes:
-            add("disk-size", "blocker", f"{r.by_id} is {d.size} bytes, expected {r.disk_bytes}",
-                "check that this is the disk pvepstore attached")
-        if d.serial and d.serial != r.serial:
-            add("disk-serial", "blocker", f"{d.device} reports serial {d.serial!r}, expected {r.serial!r}", "")
-        if d.signature or d.partitions:
-            what = d.signature.replace("\n", " ")[:120] or "partitions " + " ".join(d.partitions)
-            add("disk-signature", "blocker", f"{r.by_id} is not empty: {what}",
-                "pvepstore never overwrites a disk with a filesystem or partition table; "
-                "check the disk, wipe it yourself if it is really unused")
-        if d.mounts or d.holders:
-            add("disk-in-use", "blocker", f"{r.by_id} is in use ({' '.join(d.mounts + d.holders)})", "")
-        if d.read_only:
-            add("disk-read-only", "blocker", f"{r.by_id} is read-only", "")
-        if not d.initialized and d.zero is False and not r.configured:
-            if d.head_is_pstore:
-                add("disk-has-records", "warning", f"{r.by_id} already holds pstore_blk zones (this guest's "
-                    "from before an undo, or an earlier owner's)", "kept: read them on the host first; "
-                    "zero the disk yourself if they are not this guest's")
-            else:
-                add("disk-stale", "fix", f"{r.by_id} holds stale bytes from an earlier owner", "apply zeroes "
-                    "the first 128 MiB once, after re-checking serial, size, signature and mounts")
-    if r.backend == "ramoops" and r.ramoops_on_ivshmem:
-        add("backend-ramoops-ivshmem", "fix", "ramoops on the ivshmem device holds pstore's single slot "
-            "(switching backends)", "unload ramoops, then attach pstore_blk")
-    elif r.backend == "ramoops":
-        add("backend-ramoops", "consent", "ramoops (the old setup) holds pstore's single slot",
-            "remove the old ramoops configuration (--remove-legacy), then reboot")
-    else:
-        _slot_problems(r, "pstore_blk", add, erst_hint="remove the acpi-erst device from the VM (ERST itself "
-                       "keeps panics; pvepstore does not read it yet)")
-    if r.pstore_blk != "missing" and not r.configured:
-        if r.backend == "pstore_blk":
-            add("blk-params", "fix", f"pstore_blk is loaded with other parameters "
-                f"(blkdev={r.blk_params.get('blkdev', '?')})", "reload pstore_blk with pvepstore's options")
-        else:
-            add("not-configured", "fix", "pstore_blk is not attached to the pstore disk",
-                "configure and load pstore_blk (modprobe.d options + a boot-time unit)")
-
-
-def _slot_problems(r: ProbeReport, ours: str, add, *, erst_hint: str) -> None:
-    """pstore takes a single backend: what holds the slot (or may take it) other than ``ours``.
-
-    Each backend handles the slot holders it can take over itself before calling this.
-    """
-    if r.backend and r.backend != ours:
-        if r.backend == "erst":
-            add("backend-erst", "blocker", "the built-in ACPI ERST backend holds pstore's single slot", erst_hint)
-        elif r.backend.startswith("efi"):
-            add("backend-efi", "fix", f"efi_pstore holds pstore's single slot (backend {r.backend})",
-                "options efi_pstore pstore_disable=Y; takes effect at the next reboot")
-        else:
-            add("backend-other", "warning", f"backend {r.backend} holds pstore's single slot", "")
-    elif r.efi and r.efi_pstore_available and not r.efi_pstore_kept_out:
-        add("efi-pstore-competes", "fix", "UEFI guest: efi_pstore can win the race for pstore's single slot "
-            "(systemd-pstore.service pulls it in)", "options efi_pstore pstore_disable=Y")
-
-
-def _common_problems(r: ProbeReport, add) -> None:
-    if r.efi_pstore_available and "efi_pstore" in r.builtin_modules and not r.efi_pstore_disabled:
-        add("efi-pstore-builtin", "warning", "efi_pstore is built into this kernel: modprobe.d cannot keep it "
-            "out of pstore's slot", "add efi_pstore.pstore_disable=1 to the kernel command line")
-    sp = r.systemd_pstore
-    if sp.get("present") and sp.get("enabled") != "masked" and sp.get("unlink") and sp.get("storage") != "none":
-        add("systemd-pstore-unlinks", "fix", "systemd-pstore erases every record at boot (Unlink=yes)",
-            "drop-in /etc/systemd/pstore.conf.d/99-pvepstore.conf with Unlink=no")
-    if r.pstorefs != "pstore":
-        add("pstorefs-unmounted", "warning", "/sys/fs/pstore is not mounted: the guest cannot list records "
-            "(pstore_blk writes nothing then)", "mount -t pstore pstore /sys/fs/pstore (systemd normally does)")
-    for item in r.legacy:
-        add("legacy-config", "consent", f"{item['path']}: old ramoops/pstore setup ({item['summary']})",
-            "remove it (--remove-legacy; backed up, undo restores it)")
-    if r.cmdline_legacy:
-        add("legacy-cmdline", "warning", "this boot runs with " + " ".join(r.cmdline_legacy[:4]),
-            "gone after the boot configuration is cleaned and the guest reboots")
-    if r.panic_on_oops and r.target == "pstore_blk":
-        add("panic-on-oops", "warning", "kernel.panic_on_oops=1: Oopses become panics and are never recorded",
-            "sysctl kernel.panic_on_oops=0 (pvepstore does not change it)")
-    if r.kdump_loaded:
-        add("kdump", "info", "a kdump kernel is loaded: panics go to kdump"
-            + ("" if r.crash_kexec_post_notifiers else " (crash_kexec_post_notifiers is off)"), "")
-    if r.manifest_error:
-        add("manifest-invalid", "blocker", f"the guest's pvepstore manifest is unusable: {r.manifest_error}",
-            "inspect /var/lib/pvepstore on the guest")
-
-
-def report_json(r: ProbeReport) -> str:
-    return json.dumps(r.to_json(), indent=2, ensure_ascii=True)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from ..config import SERIAL_RE
 from ..errors import GuestError, UsageError
 from . import scripts, wire
-from .probe import TARGETS, ProbeReport, build_report
+from . import setup
+from .changes import ApplyResult, Plan, VerifyResult
+from .plan import GuestWishes, make_plan, make_undo_plan
+from .probe import ProbeReport, build_report
 from .records import (DEFAULT_RECORD_CAP, DEFAULT_TOTAL_CAP, BootHistory, ClearResult, GuestRecord,
                       parse_history, parse_records, valid_name)
-from .setup import ApplyResult, Plan, VerifyResult, make_plan, make_undo_plan, verify_report
 from .transport import CommandResult, GuestTarget, SshTransport, Transport
 
 PROBE_FILE_CAP = 64 << 10
@@ -42,22 +44,37 @@ class Guest:
 
     # -- probe / plan / apply / verify / undo ---------------------------------------
     def probe(self, serial: str = "pvepstore", disk_bytes: int | None = 512 << 20,
-              backend: str = "pstore_blk") -> ProbeReport:
-        """Everything pvepstore needs to know about the guest, for a target ``backend``
-        (``pstore_blk`` or ``ivshmem``) -- one command."""
+              backend: str | None = None, *,
+              assess: Callable[[ProbeReport], ProbeReport] | None = None) -> ProbeReport:
+        """Everything pvepstore needs to know about the guest -- one command.
+
+        ``assess`` (a backend's, e.g. ``blk_wishes.assess``) adds the verdict for that backend;
+        ``backend`` names one instead (compatibility, :mod:`pvepstore.guest.setup`; default pstore_blk).
+        """
         if not SERIAL_RE.match(serial):
             raise UsageError(f"invalid disk serial {serial!r}", hint="1-20 characters of A-Z a-z 0-9 _ -")
-        if backend not in TARGETS:
-            raise UsageError(f"unknown backend {backend!r}", hint="pstore_blk or ivshmem")
+        if assess is None:
+            assess = self._named(backend or setup.NAMES[0]).assess
         _, reply = self._run("probe", scripts.PROBE, [serial, PROBE_FILE_CAP], max_out=4 << 20)
-        return build_report(reply, serial, disk_bytes, backend)
+        return assess(build_report(reply, serial, disk_bytes))
+
+    @staticmethod
+    def _named(backend: str):
+        try:
+            return setup.by_name(backend)
+        except ValueError:
+            raise UsageError(f"unknown backend {backend!r}", hint=" or ".join(setup.NAMES)) from None
 
     def plan(self, report: ProbeReport, kmsg_size: int = 64, max_reason: int | None = None, *,
-             remove_legacy: bool = False) -> Plan:
-        """What apply would change for the report's backend (no remote command)."""
+             remove_legacy: bool = False, wishes: GuestWishes | None = None) -> Plan:
+        """What apply would change (no remote command): for ``wishes`` (a backend's), or else for the
+        backend the report was assessed for, with these options."""
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         try:
-            return make_plan(report, kmsg_size=kmsg_size, max_reason=max_reason, remove_legacy=remove_legacy,
-                             now=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            if wishes is None:
+                return setup.make_plan(report, kmsg_size=kmsg_size, max_reason=max_reason,
+                                       remove_legacy=remove_legacy, now=now)
+            return make_plan(report, wishes, remove_legacy=remove_legacy, now=now)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
 
@@ -80,10 +97,16 @@ class Guest:
     def undo_plan(self, report: ProbeReport) -> Plan:
         return make_undo_plan(report)
 
-    def verify(self, serial: str = "pvepstore", backend: str = "pstore_blk") -> VerifyResult:
-        """Is the configured backend registered with pvepstore's parameters: pstore_blk on the
-        disk, or ramoops on the ivshmem device (the manifest says which; one command)."""
-        return verify_report(self.probe(serial=serial, disk_bytes=None, backend=backend))
+    def verify(self, serial: str = "pvepstore", backend: str | None = None, *,
+               assess: Callable[[ProbeReport], ProbeReport] | None = None,
+               check: Callable[[ProbeReport], VerifyResult] | None = None) -> VerifyResult:
+        """Is the configured backend registered with pvepstore's parameters (one command)?
+
+        ``check`` is a backend's verify (e.g. ``blk_wishes.verify``); without it the backend the
+        guest's manifest names is verified (compatibility, :mod:`pvepstore.guest.setup`).
+        """
+        report = self.probe(serial=serial, disk_bytes=None, backend=backend, assess=assess)
+        return check(report) if check is not None else setup.verify_report(report)
 
     def _change(self, plan: Plan, dry_run: bool) -> ApplyResult:
         if dry_run or plan.empty:

@@ -3,8 +3,9 @@
 * :class:`GuestVm` — a running guest over SSH (one connection, two commands when
   there is nothing to collect: read /sys/fs/pstore, boot history);
 * :class:`OfflineVm` — a powered-off VM's volume on the host (PVE's lock, checks);
-* :func:`open_vm` picks one from the VM's state and its backend (:func:`vm_backend`: the
-  config's ``vms.<id>.backend``, else what provision set up, else pstore_blk).
+* :func:`open_vm` asks the VM's backend (:func:`vm_backend`: the config's ``vms.<id>.backend``,
+  else what provision set up, else the default) for a handle, given :func:`vm_where` -- the one
+  "is it running, and where" policy of pvepstore.
 
 An in-scope VM that was never provisioned for its backend is a state, not a failure:
 :class:`NotProvisioned` (the sweep reports it as ``not_provisioned`` and carries on).
@@ -25,6 +26,8 @@ from ..errors import ConfigError, GuestError
 from ..guest import Guest
 from ..pstore.files import record_from_file
 from ..pstore.model import Record
+from ..backends import registry
+from ..backends.base import VmWhere
 from .collect import Gathered
 
 if TYPE_CHECKING:
@@ -63,9 +66,9 @@ def recorded_backend(cfg: "Config", vmid: int) -> str | None:
     rec = state.provision_record(cfg, vmid)
     if not rec or rec.get("removed"):
         return None
-    if rec.get("backend") in ("ivshmem", "pstore_blk"):
+    if rec.get("backend") in registry.names():
         return rec["backend"]
-    return "pstore_blk"  # provision writes the key only for ivshmem; pstore_blk records predate it
+    return registry.DEFAULT  # records of the default backend predate the key
 
 
 def vm_backend(cfg: "Config", vmid: int) -> BackendChoice:
@@ -73,14 +76,14 @@ def vm_backend(cfg: "Config", vmid: int) -> BackendChoice:
     recorded = recorded_backend(cfg, vmid)
     if "backend" in raw:
         configured, key = str(raw["backend"]), f"vms.{vmid}.backend"
-    elif cfg.backend != "pstore_blk":  # an explicit "backend: pstore_blk" cannot be told from the default
+    elif cfg.backend != registry.DEFAULT:  # an explicit default backend cannot be told from the default
         configured, key = cfg.backend, "backend"
     else:
         configured = key = None
     if configured is None:
         if recorded is not None:
             return BackendChoice(recorded, "provision", True)
-        return BackendChoice("pstore_blk", "default", False)
+        return BackendChoice(registry.DEFAULT, "default", False)
     mismatch = ""
     if recorded is not None and recorded != configured:
         mismatch = (f"{key} is {configured} but provision set up {recorded}: following the config "
@@ -89,26 +92,35 @@ def vm_backend(cfg: "Config", vmid: int) -> BackendChoice:
 
 
 def not_provisioned_error(vmid: int, choice: BackendChoice, what: str) -> NotProvisioned:
-    flag = " --backend ivshmem" if choice.backend == "ivshmem" else ""
+    flag = registry.get(choice.backend).provision_flag()
     why = f"; {choice.mismatch}" if choice.mismatch else ""
     return NotProvisioned(f"VM {vmid} is not provisioned for {choice.backend} ({what}){why}",
                           hint=f"run `pvepstore provision {vmid}{flag}`")
 
 
-def has_ivshmem_records(cfg: "Config", vmid: int) -> bool:
-    from ..pve import ivshmem
-
-    name = ivshmem.shm_name(vmid)
-    return any(p.exists() for p in (cfg.paths.ivshmem_file(name), cfg.paths.ivshmem_keep(name),
-                                    ivshmem.durable_copy(cfg, vmid)))
-
-
-def _has_pstore_disk(conf: dict, serial: str) -> bool:
+def has_pstore_disk(conf: dict, serial: str) -> bool:
     from ..pve.vmconfig import DRIVE_KEY_RE, parse_drive
 
     pending = conf.get("pending") if isinstance(conf.get("pending"), dict) else {}
     return any(DRIVE_KEY_RE.match(str(k)) and isinstance(v, str) and parse_drive(v).get("serial") == serial
                for k, v in [*conf.items(), *pending.items()])
+
+
+def vm_where(cfg: "Config", api, node: str, vmid: int, local: str | None, *, status: str | None = None,
+             ask: bool = True) -> VmWhere:
+    """Is the VM running, and is it this node's: PVE's word (``status`` from /cluster/resources,
+    which may lag by seconds, else ``status/current`` when ``ask``), and on this node the host's
+    own view (a live QEMU with the VM's pidfile) wins -- a VM it calls stopped is re-checked
+    under PVE's lock anyway before its volume is read.  ``local`` None: this node's name is unknown
+    (no ``node:``, no .members), so nothing is this node's."""
+    from ..pve.locking import qemu_pid
+
+    if (status is None or status == "unknown") and ask:
+        status = (api.get(f"nodes/{node}/qemu/{vmid}/status/current") or {}).get("status", "unknown")
+    status = status or "unknown"
+    here = local is not None and node == local
+    running = status == "running" or (here and qemu_pid(cfg.paths, vmid) is not None)
+    return VmWhere(int(vmid), node, status, running, here)
 
 
 def boot_end_from_history(history) -> BootEnd:
@@ -258,49 +270,49 @@ def open_guest(cfg: "Config", api, ref, connect_guest: Callable | None = None) -
     return Guest((connect_guest or SshTransport.connect)(target), target.where)
 
 
+def guest_vm(cfg: "Config", api, ref, choice: BackendChoice, connect_guest: Callable | None = None) -> GuestVm:
+    """A running guest, read through /sys/fs/pstore whatever set pstore up: never "not provisioned"
+    (any backend whose kernel side is pstore reads a running VM this way)."""
+    vm = {"vmid": ref.vmid, "node": ref.node, "name": ref.name}
+    guest = open_guest(cfg, api, ref, connect_guest)
+    node, vmid = ref.node, ref.vmid
+
+    def tasks(since: float | None) -> list[dict]:
+        params = {"vmid": vmid, "limit": 50, "source": "all"}
+        if since is not None:
+            params["since"] = max(0, int(since))
+        return api.get(f"nodes/{node}/tasks", **params) or []
+
+    return GuestVm(vmid, vm, guest, cfg.collect.max_record_bytes, tasks, backend=choice.backend,
+                   note=choice.mismatch)
+
+
 def open_vm(cfg: "Config", api, ref, local: str, *, allow_offline: bool = True,
             connect_guest: Callable | None = None):
-    """The right handle for one VM: ivshmem memory on this host, else the guest when it
-    runs, else its volume when it is off.  ``connect_guest(target)`` makes the
-    guest transport (default: an SSH connection; the sweep benchmark simulates one)."""
-    node, vmid = ref.node, ref.vmid
-    vm = {"vmid": vmid, "node": node, "name": ref.name}
-    choice = vm_backend(cfg, vmid)
-    if choice.backend == "ivshmem":
-        if node != local:
-            raise GuestError(f"VM {vmid} runs on node {node}: its ivshmem records are in that "
-                             "node's /dev/shm", hint="run the sweep on every node")
-        if not choice.provisioned and not has_ivshmem_records(cfg, vmid):
-            raise not_provisioned_error(vmid, choice, "no ivshmem device set up, no records file")
-        return IvshmemVm(vmid, vm, cfg, note=choice.mismatch)
-    # /cluster/resources may lag by seconds: good enough to pick the guest for a running
-    # VM; a VM it calls stopped is re-checked under PVE's lock before its volume is read.
-    status = ref.status
-    if status == "unknown":
-        status = (api.get(f"nodes/{node}/qemu/{vmid}/status/current") or {}).get("status", "unknown")
-    if status == "running":
-        guest = open_guest(cfg, api, ref, connect_guest)
-        vm_cfg = cfg.for_vm(vmid)
+    """The right handle for one VM, from its backend and :func:`vm_where`.  ``connect_guest(target)``
+    makes the guest transport (default: an SSH connection; the sweep benchmark simulates one)."""
+    choice = vm_backend(cfg, ref.vmid)
+    backend = registry.get(choice.backend)
+    # a backend whose records are on the host in any state needs no status call
+    where = vm_where(cfg, api, ref.node, ref.vmid, local, status=ref.status, ask=not backend.host_reads_running)
+    return backend.open_records(cfg, api, ref, where, choice, allow_offline=allow_offline,
+                                connect_guest=connect_guest)
 
-        def tasks(since: float | None) -> list[dict]:
-            params = {"vmid": vmid, "limit": 50, "source": "all"}
-            if since is not None:
-                params["since"] = max(0, int(since))
-            return api.get(f"nodes/{node}/tasks", **params) or []
 
-        # A running guest is read through /sys/fs/pstore whatever set pstore up: never "not provisioned".
-        return GuestVm(vmid, vm, guest, cfg.collect.max_record_bytes, tasks, backend=choice.backend,
-                       note=choice.mismatch)
-    if node != local:
-        raise GuestError(f"VM {vmid} is {status} on node {node}",
-                         hint="its volume can only be read on the node that owns it; run the sweep there")
-    if not allow_offline:
-        raise GuestError(f"VM {vmid} is not running", hint="collect.offline is off in the config")
-    if not choice.provisioned:
-        # Never provisioned and no pstore disk either: there is no volume to read (one API call,
-        # only for VMs provision has no record of).
-        conf = api.get(f"nodes/{node}/qemu/{vmid}/config") or {}
-        serial = cfg.for_vm(vmid).disk.serial
-        if not _has_pstore_disk(conf, serial):
-            raise not_provisioned_error(vmid, choice, f"{status}, no disk with serial {serial}")
-    return OfflineVm(vmid, vm, cfg, note=choice.mismatch)
+
+def where_is(cfg: "Config", api, node: str, vmid: int, *, status: str | None = None) -> VmWhere:
+    """:func:`vm_where` where this node's name may be unknown (no ``node:``, no .members: then no
+    VM is this node's)."""
+    from ..errors import ConfigError as _NoNode
+    from ..pve.inventory import local_node
+
+    try:
+        local: str | None = local_node(cfg)
+    except _NoNode:
+        local = None
+    return vm_where(cfg, api, node, vmid, local, status=status)
+
+
+def running(cfg: "Config", api, node: str, vmid: int) -> bool:
+    """:func:`vm_where`'s answer for a VM whose status is not known yet (provision, unprovision)."""
+    return where_is(cfg, api, node, vmid).running

@@ -1,4 +1,4 @@
-"""What both provision backends share: the summary lines, the VM's run state, the wait for a
+"""What the backends' provision flows share: the VM's run state, the wait for a
 rebooted guest, the recorded verify result."""
 
 from __future__ import annotations
@@ -8,58 +8,14 @@ from typing import TYPE_CHECKING, Any
 from ..config import Config
 from ..errors import GuestError, PvepstoreError
 from ..pve import state
-from ..pve.api import PveApi
 
 if TYPE_CHECKING:
     from .provision import Context
 
 
-def _json(obj: Any) -> Any:
-    if obj is None or isinstance(obj, (str, int, float, bool, list, dict)):
-        return obj
-    to_json = getattr(obj, "to_json", None)
-    return to_json() if callable(to_json) else str(obj)
-
-
-def _report_lines(res: Any, *, probe_note: str | None = None, done: str | None = None) -> list[str]:
-    """The part of a provision summary both backends share: API calls, guest, plan, verify."""
-    out: list[str] = []
-    if res.api_calls:
-        out.append("  API calls" + (" that would be made:" if res.dry_run else ":"))
-        out += [f"    {c.describe()}" for c in res.api_calls]
-    if res.address:
-        out.append(f"  guest: {res.address.host} (from {res.address.source})")
-    if res.probe is not None:
-        caps = getattr(res.probe, "capabilities", {}) or {}
-        if caps:
-            out.append("  capabilities:")
-            for name, cap in caps.items():
-                note = getattr(cap, "note", "")
-                out.append(f"    {name}: {getattr(cap, 'status', cap)}" + (f" - {note}" if note else ""))
-        costs = getattr(res.probe, "costs", []) or []
-        if costs:
-            out.append("  costs:")
-            out += [f"    {c}" for c in costs]
-        for p in getattr(res.probe, "problems", []) or []:
-            out.append(f"    guest problem: {getattr(p, 'message', p)}")
-        if probe_note:
-            out.append(f"    {probe_note}")
-    if res.plan:
-        out.append("  guest changes" + (" that would be made:" if res.dry_run else ":"))
-        out += [f"    {line}" for line in res.plan]
-    if done:
-        out.append(f"  {done}")
-    if res.verify is not None:
-        out.append(f"  verify: {'ok' if getattr(res.verify, 'ok', False) else 'FAILED'}")
-        out += [f"    {p}" for p in getattr(res.verify, "problems", []) or []]
-    out += [f"  problem: {p}" for p in res.problems]
-    if not res.dry_run:
-        out.append(f"  result: {'provisioned' if res.ok else 'NOT complete (see above)'}")
-    return out
-
-
-def _running(api: PveApi, node: str, vmid: int) -> bool:
-    return api.get(f"nodes/{node}/qemu/{vmid}/status/current").get("status") == "running"
+def _running(ctx: "Context", node: str, vmid: int) -> bool:
+    from .handles import running
+    return running(ctx.cfg, ctx.api, node, vmid)
 
 
 def token_id(cfg: Config) -> str | None:

@@ -5,9 +5,9 @@ reached, the read fails with a hint instead of falling back to the volume.
 Offline reads need no API at all (everything comes from host_root), so
 ``read --offline`` also works when pveproxy is down.
 
-A VM on the ivshmem backend (``vms.<id>.backend``, else what provision recorded: see
-:func:`pvepstore.pipeline.handles.vm_backend`) is read from its ramoops memory on the
-host in any VM state, with or without ``--offline``.
+A VM whose backend keeps its records on the host (ivshmem: ``Backend.host_reads_running``;
+the backend is :func:`pvepstore.pipeline.handles.vm_backend`'s) is read there in any VM state,
+with or without ``--offline``.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from typing import Any
 
 from ..config import Config
 from ..errors import GuestError, PveError
+from ..backends import registry
 from ..pve import offline as offline_mod
 from ..pve.address import resolve_address
 from ..pve.commands import CommandRunner
 from ..pve.inventory import local_node, locate
-from ..pve.locking import qemu_pid
-from .handles import has_ivshmem_records, not_provisioned_error, vm_backend
+from .handles import vm_backend, vm_where
 from .provision import Context
 
 
@@ -34,6 +34,7 @@ class ReadResult:
     guest_records: list = field(default_factory=list)
     cleared: list[str] = field(default_factory=list)
     not_cleared: dict[str, str] = field(default_factory=dict)
+    host_label: str = ""  # where on the host records were read without a volume (a backend's words)
 
     def to_json(self) -> dict:
         if self.offline is not None:
@@ -43,42 +44,22 @@ class ReadResult:
                 "cleared": self.cleared, "not_cleared": self.not_cleared}
 
 
-def read_ivshmem(cfg: Config, vmid: int, *, clear: bool = False) -> ReadResult:
-    """The ramoops records in the VM's ivshmem memory (live file, keep link or durable copy)."""
-    from ..pve import ivshmem
-
-    choice = vm_backend(cfg, vmid)
-    if not choice.provisioned and not has_ivshmem_records(cfg, vmid):
-        raise not_provisioned_error(vmid, choice, "no ivshmem device set up, no records file")
-    image = ivshmem.read_image(cfg, vmid)
-    records = [r for r in ivshmem.parse_image(cfg, vmid, image).records if not r.erased]
-    res = ReadResult(vmid, f"ivshmem-{image.source}", guest_records=records)
-    if clear and records:
-        res.cleared = list(ivshmem.clear_records(cfg, vmid, image, records) or [])
-    return res
-
-
 def read_offline(cfg: Config, vmid: int, *, clear: bool = False,
                  runner: CommandRunner | None = None) -> ReadResult:
-    if vm_backend(cfg, vmid).backend == "ivshmem":
-        return read_ivshmem(cfg, vmid, clear=clear)
-    got = offline_mod.read_offline(cfg, vmid, clear=clear, runner=runner)
-    return ReadResult(vmid, "offline", offline=got, cleared=got.cleared)
+    """The VM's records read on the host, the way its backend keeps them."""
+    return registry.get(vm_backend(cfg, vmid).backend).read_host(cfg, vmid, clear=clear, runner=runner)
 
 
 def read(ctx: Context, vmid: int, *, offline: bool = False, clear: bool = False,
          max_bytes: int = 4 << 20) -> ReadResult:
     cfg = ctx.cfg
-    if offline or vm_backend(cfg, vmid).backend == "ivshmem":  # ivshmem memory is read on the host
+    if offline or registry.get(vm_backend(cfg, vmid).backend).host_reads_running:
         return read_offline(cfg, vmid, clear=clear, runner=ctx.runner)
     api = ctx.api
     vm = locate(api, vmid)
-    here = local_node(cfg)
-    running = api.get(f"nodes/{vm.node}/qemu/{vmid}/status/current").get("status") == "running"
-    if vm.node == here and qemu_pid(cfg.paths, vmid) is not None:
-        running = True  # the host's own view wins over the API's (which may lag)
-    if not running:
-        if vm.node != here:
+    where = vm_where(cfg, api, vm.node, vmid, local_node(cfg))
+    if not where.running:
+        if not where.local:
             raise PveError(f"VM {vmid} is off and belongs to node {vm.node}; its volume can only be read there",
                            hint=f"run `pvepstore read {vmid}` on {vm.node}")
         return read_offline(cfg, vmid, clear=clear, runner=ctx.runner)

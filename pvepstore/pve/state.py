@@ -3,15 +3,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..config import Config
 from ..pstore import BlkParams
 from ..vmstate import VmStateStore
-
-
-def state_file(cfg: Config, vmid: int) -> Path:
-    return VmStateStore.of(cfg).path(vmid)
 
 
 def load(cfg: Config, vmid: int) -> dict:

@@ -166,10 +166,6 @@ def pending_map(pending_list: list[dict]) -> tuple[dict, set[str]]:
     return values, deletes
 
 
-def current_map(pending_list: list[dict]) -> dict:
-    return {e["key"]: e["value"] for e in pending_list if "value" in e}
-
-
 def ip_configs(config: dict) -> list[tuple[int, dict[str, str]]]:
     out = []
     for key in sorted(config, key=_slot_order):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 
 from pvepstore.guest import Guest
-from pvepstore.guest.setup import MANIFEST, MODPROBE_CONF, UNIT
+from pvepstore.guest.blk_wishes import UNIT
+from pvepstore.guest.layout import MODPROBE_CONF
+from pvepstore.guest.manifest import MANIFEST
 from pvepstore.guest.testing import FakeTransport
 
 from .conftest import cassette

@@ -113,7 +113,7 @@ class _Guest:
         conf = self.g.fake.vms[self.vmid].config
         return any(DRIVE_KEY_RE.match(k) and parse_drive(v).get("serial") == serial for k, v in conf.items())
 
-    def probe(self, serial="pvepstore", disk_bytes=None):
+    def probe(self, serial="pvepstore", disk_bytes=None, **_backend_rules):  # assess=: the report is canned
         self.g.calls.append(("probe", self.vmid, serial, disk_bytes))
         seen = self._disk_seen(serial)
         return Report(serial, seen, f"boot-{self.g.boot.get(self.vmid, 0)}", self.vmid in self.g.configured,
@@ -135,7 +135,7 @@ class _Guest:
             self.g.configured.add(self.vmid)
         return Outcome(True, plan.describe(), dry_run=dry_run)
 
-    def verify(self, serial="pvepstore"):
+    def verify(self, serial="pvepstore", **_backend_rules):
         self.g.calls.append(("verify", self.vmid))
         problems = []
         if not self._disk_seen(serial):

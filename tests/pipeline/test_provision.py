@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import pytest
 
 from pvepstore.errors import GuestError, VmBusyError
+from pvepstore.backends.ivshmem_pve import IvshmemProvisionResult
+from pvepstore.cli.provision_view import provision_lines
 from pvepstore.pipeline import provision as prov
 from pvepstore.pipeline import reading
 from pvepstore.pve import state
@@ -46,7 +48,7 @@ def test_provision_end_to_end_and_idempotent(fakepve, guests):
     assert res.verify.ok and ("apply", 100, False) in guests.calls
     rec = state.provision_record(fakepve.load_config(), 100)
     assert rec["volid"] == res.disk.volid and rec["blk_params"]["kmsg_size"] == 64
-    text = "\n".join(res.lines())
+    text = "\n".join(provision_lines(res))
     assert "capabilities:" in text and "oops: yes" in text and "result: provisioned" in text
     # second run: nothing allocated, nothing to change in the guest
     again = prov.provision(context(fakepve, guests), 100)
@@ -62,7 +64,7 @@ def test_dry_run_changes_nothing_and_shows_everything(fakepve, guests):
     assert not fakepve.writes() and fakepve.vm_config_path(100).read_text() == before
     assert ("apply", 100, True) in guests.calls and 100 not in guests.configured
     assert not state.provision_record(fakepve.load_config(), 100)
-    text = "\n".join(res.lines())
+    text = "\n".join(provision_lines(res))
     assert "POST /nodes/pve1/qemu/100/config virtio0=local-lvm:0.5,format=raw,serial=pvepstore,backup=0," \
            "replicate=0,discard=on digest=" in text
     assert "write /etc/modprobe.d/pvepstore.conf" in text and "reboot the VM through the API" in text
@@ -72,7 +74,7 @@ def test_pending_disk_is_reported_and_reboot_applies_it(fakepve, guests):
     fakepve.add_vm(100, {**IPCONFIG, "hotplug": "network,usb"}, running=True)
     res = prov.provision(context(fakepve, guests), 100)
     assert not res.ok and res.disk.pending and "stop and start the VM" in res.disk.notes[0]
-    assert not res.verify.ok and "PENDING" in "\n".join(res.lines())
+    assert not res.verify.ok and "PENDING" in "\n".join(provision_lines(res))
     res = prov.provision(context(fakepve, guests), 100, reboot=True)
     assert res.rebooted and res.ok and res.disk.action == "present"
     assert fakepve.calls("POST", "/status/reboot") and len(config_posts(fakepve)) == 1
@@ -311,7 +313,7 @@ def test_provision_ivshmem_on_a_running_vm_then_restart_then_unprovision(ivshmem
     fake.add_vm(100, {**IPCONFIG, "hookscript": "local:snippets/operator.sh"}, running=True)
     guest = IvshmemGuest(fake)
     res = prov.provision(ivshmem_context(fake, guest), 100)
-    assert isinstance(res, prov.IvshmemProvisionResult) and not res.ok and res.device_pending
+    assert isinstance(res, IvshmemProvisionResult) and not res.ok and res.device_pending
     conf, pending = fake.vms[100].config, fake.vms[100].pending
     assert conf["hookscript"] == "local:snippets/pvepstore-hook-100.sh"  # applied at once
     assert pending["ivshmem"] == "size=1,name=pvepstore-100" and "ivshmem" not in conf  # next cold start
@@ -319,7 +321,7 @@ def test_provision_ivshmem_on_a_running_vm_then_restart_then_unprovision(ivshmem
     assert post["digest"] and post["ivshmem"] == "size=1,name=pvepstore-100"
     hook = ivshmem.snippet_path(fake.paths, conf["hookscript"]).read_text()
     assert "/usr/bin/pvepstore --config /etc/pvepstore/config.yaml hook" in hook and "operator.sh" in hook
-    text = "\n".join(res.lines())
+    text = "\n".join(provision_lines(res))
     assert "PENDING: next cold start" in text and "--restart" in text and "live migration" in text
     assert "panic: yes" in text and "chains the VM's own local:snippets/operator.sh" in text
     rec = state.provision_record(fake.load_config(), 100)
@@ -328,7 +330,7 @@ def test_provision_ivshmem_on_a_running_vm_then_restart_then_unprovision(ivshmem
     assert "pvepstore-ramoops.service" in "\n".join(res.plan)  # the guest was configured already
 
     res = prov.provision(ivshmem_context(fake, guest), 100, restart=True)
-    assert res.ok and res.restarted and res.verify.ok, res.lines()
+    assert res.ok and res.restarted and res.verify.ok, provision_lines(res)
     assert fake.calls("POST", "/status/reboot") and fake.vms[100].config["ivshmem"] == "size=1,name=pvepstore-100"
     posts = len(config_posts(fake))
 
@@ -356,7 +358,7 @@ def test_provision_ivshmem_dry_run_changes_nothing(ivshmem_node):
     assert not guest.files and "apply" not in guest.calls
     res = prov.provision(context(fake, guest, dry_run=True), 100, dry_run=True, backend="ivshmem")
     assert any("vms.100.backend: ivshmem" in n for n in res.notes)  # --backend without the config key
-    text = "\n".join(res.lines())
+    text = "\n".join(provision_lines(res))
     assert ("POST /nodes/pve1/qemu/100/config ivshmem=size=1,name=pvepstore-100 "
             "hookscript=local:snippets/pvepstore-hook-100.sh digest=") in text
     assert "would write" in text and "next cold start" in text
@@ -380,7 +382,7 @@ def test_provision_ivshmem_starts_a_stopped_vm_when_asked(ivshmem_node):
         return pid
     fake.start_qemu = start
     res = prov.provision(ivshmem_context(fake, guest), 100, restart=True)
-    assert res.ok and res.restarted and fake.calls("POST", "/status/start"), res.lines()
+    assert res.ok and res.restarted and fake.calls("POST", "/status/start"), provision_lines(res)
     assert "ran load-ramoops" in res.applied.done
 
 

@@ -123,6 +123,20 @@ def test_read_follows_the_provisioned_backend_too(fakepve, offline):
     assert "read from its ivshmem memory on the host (ivshmem-live)" in human.stdout
 
 
+def test_read_of_a_running_ivshmem_vm_is_from_the_host(fakepve):
+    """issue 12: `read` has one path for every backend; ivshmem memory is the host's in any VM state."""
+    fakepve.add_vm(100, config={"tags": "pvepstore", "ivshmem": ivshmem.ivshmem_option(100)})
+    fakepve.start_qemu(100)
+    cfg = fakepve.load_config()
+    state.update(cfg, 100, provision=IVSHMEM_RECORD)
+    live = cfg.paths.ivshmem_file(ivshmem.shm_name(100))
+    live.parent.mkdir(parents=True, exist_ok=True)
+    live.write_bytes(bytes(guest_memory((0, PANIC_LONG, True)).mem))
+    r = run_cli("--config", str(fakepve.config_file()), "read", "100", "--json")
+    assert r.status == ExitStatus.SUCCESS, r.stderr
+    assert r.json["source"] == "ivshmem-live" and [x["reason"] for x in r.json["records"]] == ["Panic"]
+
+
 def test_read_of_an_ivshmem_vm_never_provisioned_says_what_to_run(fakepve):
     fakepve.add_vm(100, config={"tags": "pvepstore"})
     r = run_cli("--config", str(fakepve.config_file(vms={100: {"backend": "ivshmem"}})), "read", "100", "--offline")

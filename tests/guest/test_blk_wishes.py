@@ -1,4 +1,4 @@
-"""plan / apply / verify / undo against synthetic guests: idempotence, consent, manifest, refusals."""
+"""pstore_blk in the guest (blk_wishes + the plan engine) on synthetic guests: plan, apply, verify, undo."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import pytest
 
 from pvepstore.errors import GuestError
 from pvepstore.guest.probe import ProbeReport
-from pvepstore.guest.setup import (MANIFEST, MODPROBE_CONF, PATHS, PSTORE_DROPIN, UNIT, UNIT_LINK, Settings,
-                                   _edit, desired_files, parse_manifest, sha256)
+from pvepstore.guest.blk_wishes import UNIT, UNIT_LINK, Settings, files
+from pvepstore.guest.layout import MODPROBE_CONF, PSTORE_DROPIN
+from pvepstore.guest.legacy import _edit
+from pvepstore.guest.manifest import MANIFEST, PATHS, parse_manifest, sha256
 from pvepstore.guest.testing import Recorded, reply
 
 from .conftest import fake_guest, file_item, probe_items, probe_reply
@@ -237,5 +239,5 @@ def test_verify_after_apply():
 
 
 def test_desired_files_are_stable():
-    a, b = desired_files(Settings("pvepstore")), desired_files(Settings("pvepstore"))
-    assert a == b and a[UNIT_LINK] == ("link", UNIT)
+    a, b = files(Settings("pvepstore")), files(Settings("pvepstore"))
+    assert a == b and {w.path: w.link for w in a}[UNIT_LINK] == UNIT

@@ -1,4 +1,4 @@
-"""provision for the ivshmem backend: Proxmox's ``ivshmem`` device plus pvepstore's per-VM hookscript.
+"""The ivshmem backend's Proxmox side: Proxmox's ``ivshmem`` device plus pvepstore's per-VM hookscript.
 
 ``ivshmem: size=1,name=pvepstore-<vmid>`` and the hookscript (which chains the
 operator's own) are set in ONE config write with the ``digest``, after the
@@ -16,17 +16,19 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from ..errors import GuestError, PveError, PvepstoreError
+from ..guest import ramoops_wishes
+from ..pipeline import preflight
+from ..pipeline.preflight import Priv
+from ..pipeline.provision_common import (_reboot_and_wait, _restore_record,
+                                         _running, _wait_new_boot, _where, token_id)
 from ..pve import ivshmem, state
-from ..pve.address import GuestAddress, resolve_address
+from ..pve.address import resolve_address
 from ..pve.api import PveApi
 from ..pve.inventory import local_node, locate
-from . import preflight
-from .preflight import Priv
-from .provision_common import (_json, _reboot_and_wait, _remember_verify, _report_lines, _restore_record,
-                               _running, _wait_new_boot, _where, token_id)
+from .base import ProvisionResult, PveSummary
 
 if TYPE_CHECKING:
-    from .provision import Context, UnprovisionResult
+    from ..pipeline.provision import Context, UnprovisionResult
 
 
 ROOT_HINT = ("Proxmox lets only root@pam set a VM's hookscript and ivshmem (an API token, even root@pam's, is "
@@ -72,53 +74,33 @@ def snippet_storage(cfg: Config, chain: str | None, wanted: str | None = None) -
 
 
 @dataclass
-class IvshmemProvisionResult:
-    vmid: int
-    node: str
-    dry_run: bool
+class IvshmemProvisionResult(ProvisionResult):
     ivshmem: str = ""
     hookscript: str = ""
     chained: str | None = None
     device_pending: bool = False  # set in the config, not yet in the running QEMU
-    api_calls: list = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    address: GuestAddress | None = None
-    running: bool | None = None
-    probe: Any = None
-    plan: list[str] = field(default_factory=list)
-    applied: Any = None
-    verify: Any = None
     restarted: bool = False
     ramoops_params: dict | None = None
-    problems: list[str] = field(default_factory=list)
-
-    backend = "ivshmem"
 
     @property
-    def ok(self) -> bool:
-        if self.dry_run:
-            return True
-        return not self.device_pending and bool(self.verify is not None and getattr(self.verify, "ok", False))
+    def pve_ready(self) -> bool:
+        return not self.device_pending
 
     def to_json(self) -> dict:
-        return {"vmid": self.vmid, "node": self.node, "backend": "ivshmem", "dry_run": self.dry_run,
-                "ok": self.ok, "ivshmem": self.ivshmem, "hookscript": self.hookscript, "chained": self.chained,
-                "device_pending": self.device_pending, "api_calls": [c.to_json() for c in self.api_calls],
-                "notes": self.notes, "address": None if self.address is None else {
-                    "host": self.address.host, "source": self.address.source},
-                "running": self.running, "probe": _json(self.probe), "plan": self.plan,
-                "applied": _json(self.applied), "verify": _json(self.verify), "restarted": self.restarted,
-                "ramoops_params": self.ramoops_params, "problems": self.problems}
+        return {**super().to_json(), "backend": "ivshmem", "ivshmem": self.ivshmem, "hookscript": self.hookscript,
+                "chained": self.chained, "device_pending": self.device_pending, "notes": self.notes,
+                "restarted": self.restarted, "ramoops_params": self.ramoops_params}
 
-    def lines(self) -> list[str]:
-        head = "provision, ivshmem backend" + (" (dry run: nothing was changed)" if self.dry_run else "")
-        out = [f"VM {self.vmid} on {self.node}: {head}"]
-        out.append(f"  ivshmem: {self.ivshmem}" + (" (PENDING: next cold start)" if self.device_pending else ""))
-        out.append(f"  hookscript: {self.hookscript}" + (f" (chains the VM's own {self.chained})"
-                                                         if self.chained else ""))
-        out += [f"    note: {n}" for n in self.notes]
-        done = "restarted (cold: a new QEMU process with the device)" if self.restarted else None
-        return out + _report_lines(self, done=done)
+    def summary(self) -> PveSummary:
+        """The Proxmox side as data for the CLI's summary."""
+        return PveSummary(
+            head="ivshmem backend",
+            items=[("ivshmem", self.ivshmem + (" (PENDING: next cold start)" if self.device_pending else "")),
+                   ("hookscript", self.hookscript + (f" (chains the VM's own {self.chained})" if self.chained
+                                                     else ""))],
+            notes=list(self.notes),
+            done="restarted (cold: a new QEMU process with the device)" if self.restarted else None)
 
 
 def _refusal(exc: PveError, vmid: int, params: dict, volid: str, snippet: Path, ivshmem_opt: str) -> PveError:
@@ -188,6 +170,10 @@ def _restore_file(path: Path, before: bytes | None) -> str:
     return f"restored {path}"
 
 
+def _plan(guest, report):
+    return guest.plan(report, wishes=ramoops_wishes.wishes(report, ramoops_wishes.settings(report)))
+
+
 def provision_ivshmem(ctx: Context, vmid: int, *, dry_run: bool = False, restart: bool = False,
                       hook_storage: str | None = None) -> IvshmemProvisionResult:
     """Checks first (privileges, lock, the root@pam rule, the snippet storage and the chained
@@ -239,7 +225,7 @@ def provision_ivshmem(ctx: Context, vmid: int, *, dry_run: bool = False, restart
             params["ivshmem"] = res.ivshmem
         if hook_now != volid:
             params["hookscript"] = volid
-        res.running = _running(api, node, vmid)
+        res.running = _running(ctx, node, vmid)
         needs = preflight.Needs()
         needs.add(f"/vms/{vmid}", Priv.VM_AUDIT, "read the VM's config")
         if restart:
@@ -252,8 +238,8 @@ def provision_ivshmem(ctx: Context, vmid: int, *, dry_run: bool = False, restart
                 res.address = resolve_address(api, node, vmid, vm_cfg.ssh, api.get(path))
                 target = ctx.make_target(vm_cfg.ssh, res.address.host, vmid)
                 guest = stack.enter_context(ctx.guest_connect(target))
-                res.probe = guest.probe(serial=vm_cfg.disk.serial, disk_bytes=None, backend="ivshmem")
-                plan = guest.plan(res.probe)
+                res.probe = guest.probe(serial=vm_cfg.disk.serial, disk_bytes=None, assess=ramoops_wishes.assess)
+                plan = _plan(guest, res.probe)
                 refuse_blocked(plan, _where(guest, vmid))
             # -- the writes: the hookscript file first (PVE checks that it exists), then one config POST
             if dry_run:
@@ -309,8 +295,8 @@ def provision_ivshmem(ctx: Context, vmid: int, *, dry_run: bool = False, restart
                 target = ctx.make_target(vm_cfg.ssh, res.address.host, vmid)
                 _wait_new_boot(ctx, vmid, target, "")
                 guest = stack.enter_context(ctx.guest_connect(target))
-                res.probe = guest.probe(serial=vm_cfg.disk.serial, disk_bytes=None, backend="ivshmem")
-                plan = guest.plan(res.probe)
+                res.probe = guest.probe(serial=vm_cfg.disk.serial, disk_bytes=None, assess=ramoops_wishes.assess)
+                plan = _plan(guest, res.probe)
             if res.running and getattr(res.probe, "ivshmem", None) is None:
                 res.device_pending = True  # the guest is the authority on what the running QEMU has
             res.plan = list(plan.describe())
@@ -331,7 +317,8 @@ def provision_ivshmem(ctx: Context, vmid: int, *, dry_run: bool = False, restart
                                     else COLD_START.format(vmid=vmid))
                 return res
             if not (res.device_pending and restart):
-                res.verify = guest.verify(serial=vm_cfg.disk.serial, backend="ivshmem")
+                res.verify = guest.verify(serial=vm_cfg.disk.serial, assess=ramoops_wishes.assess,
+                                           check=ramoops_wishes.verify)
         if res.device_pending and restart:
             resume = f"`pvepstore provision {vmid} --backend ivshmem --restart` resumes"
             _reboot_and_wait(ctx, node, vmid, target, via_api=True,
@@ -339,11 +326,10 @@ def provision_ivshmem(ctx: Context, vmid: int, *, dry_run: bool = False, restart
                              why="restart (shutdown + start of a new QEMU process) so the ivshmem device appears")
             res.restarted, res.device_pending = True, False
             with ctx.guest_connect(target) as guest:
-                res.verify = guest.verify(serial=vm_cfg.disk.serial, backend="ivshmem")
+                res.verify = guest.verify(serial=vm_cfg.disk.serial, assess=ramoops_wishes.assess,
+                                           check=ramoops_wishes.verify)
         elif res.device_pending:
             res.problems.append(COLD_START.format(vmid=vmid))
-        if res.verify is not None:
-            _remember_verify(ctx, vmid, res.verify)
     except PvepstoreError as exc:
         raise journal.fail(exc, keep=committed, resume=resume) from None
     finally:
@@ -373,7 +359,7 @@ def unprovision_ivshmem(ctx: Context, vmid: int, res: "UnprovisionResult") -> No
     if _shm_name_of(conf.get("ivshmem")) == ivshmem.shm_name(vmid):
         deletes.append("ivshmem")
         res.changes.append("ivshmem: removed" + (" (the running QEMU keeps the device until the next cold start)"
-                                                 if _running(api, node, vmid) else ""))
+                                                 if _running(ctx, node, vmid) else ""))
     if params or deletes:
         api.run_task("POST", path, why="remove pvepstore's ivshmem backend", digest=digest,
                      delete=",".join(deletes) or None, **params)

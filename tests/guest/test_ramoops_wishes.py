@@ -12,8 +12,13 @@ import subprocess
 
 import pytest
 
-from pvepstore.guest.setup import (MANIFEST, MODPROBE_CONF, PATHS, PSTORE_DROPIN, RAMOOPS_LINK, RAMOOPS_LOADER,
-                                   RAMOOPS_UNIT, UNIT, UNIT_LINK, RamoopsSettings, desired_files)
+from pvepstore.guest.blk_wishes import UNIT, UNIT_LINK
+from pvepstore.guest.layout import MODPROBE_CONF, PSTORE_DROPIN
+from pvepstore.guest.manifest import MANIFEST, PATHS
+from pvepstore.guest.ramoops_wishes import LOADER as RAMOOPS_LOADER
+from pvepstore.guest.ramoops_wishes import UNIT as RAMOOPS_UNIT
+from pvepstore.guest.ramoops_wishes import UNIT_LINK as RAMOOPS_LINK
+from pvepstore.guest.ramoops_wishes import RamoopsSettings, files
 from pvepstore.guest.testing import Recorded, reply
 
 from .conftest import fake_guest, file_item, probe_items, probe_reply
@@ -130,8 +135,8 @@ def test_a_claimed_device_and_a_kernel_without_ramoops_are_refused():
     g, _ = fake_guest(probe_reply(DEVICE, kconfig="# CONFIG_PSTORE_RAM is not set\n"))
     r = g.probe(backend="ivshmem")
     r.ramoops = "missing"  # no module file either
-    from pvepstore.guest.probe import ivshmem_capabilities
-    assert {c.status for c in ivshmem_capabilities(r).values()} == {"no"}
+    from pvepstore.guest.ramoops_wishes import capabilities
+    assert {c.status for c in capabilities(r).values()} == {"no"}
 
 
 def test_apply_is_idempotent_and_verify_checks_the_live_parameters():
@@ -227,7 +232,7 @@ def test_plan_refuses_a_probe_made_for_the_other_backend():
     (("0x00000000fe000000", "0x00000000fe0fffff"), None, "uio_pci_generic", None),
 ])
 def test_the_loader_script_on_a_fake_sysfs(tmp_path, bar, size, driver, expect):
-    loader = desired_files(RamoopsSettings())[RAMOOPS_LOADER][1].decode()
+    loader = {w.path: w for w in files(RamoopsSettings())}[RAMOOPS_LOADER].content.decode()
     root = tmp_path / "root"
     dev = root / "sys/bus/pci/devices/0000:00:03.0"
     dev.mkdir(parents=True)

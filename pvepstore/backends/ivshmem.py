@@ -1,0 +1,88 @@
+"""The ivshmem backend: the guest's ramoops in Proxmox's ``ivshmem`` device, whose memory is a file
+in this node's /dev/shm; pvepstore's per-VM hookscript keeps it across VM stop/start.  The host reads
+the records in every VM state, no SSH needed (:mod:`.ivshmem_pve` has the Proxmox side)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..errors import GuestError
+from ..guest import ramoops_wishes
+from ..pipeline.handles import IvshmemVm, not_provisioned_error
+from ..pve import ivshmem
+from ..pve import state
+from .base import Backend, ProvisionOptions, VmWhere
+from .ivshmem_pve import _shm_name_of, provision_ivshmem, unprovision_ivshmem
+from .registry import BackendName
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..pipeline.provision import Context, UnprovisionResult, VmStatus
+
+
+class Ivshmem(Backend):
+    name = BackendName.IVSHMEM.value
+    summary = "ramoops on Proxmox's ivshmem device (memory shared with the host)"
+    proxmox_side = "sets ivshmem (1 MiB) and pvepstore's hookscript (root@pam only)"
+    stopped_records = "the shm file, its keep link or the durable copy on the host"
+    host_reads_running = True
+    guest_rules = ramoops_wishes
+
+    def provision(self, ctx: "Context", vmid: int, opts: ProvisionOptions) -> Any:
+        return provision_ivshmem(ctx, vmid, dry_run=opts.dry_run, restart=opts.restart or opts.reboot,
+                                 hook_storage=opts.hook_storage)
+
+    def pve_undo(self, ctx: "Context", vmid: int, res: "UnprovisionResult", *, delete_disk: bool) -> None:
+        unprovision_ivshmem(ctx, vmid, res)
+        cfg = ctx.cfg
+        if state.known_volids(cfg, vmid) or delete_disk:  # a pstore_blk disk from before the switch
+            from ..pve.disks import detach_disk
+            res.detach = detach_disk(ctx.api, res.node, vmid, cfg.for_vm(vmid).disk,
+                                     state.known_volids(cfg, vmid), delete_disk)
+
+    def kept_state(self, rec: dict) -> dict:
+        # the reader may still need them for the kept copies
+        return {"backend": self.name, "ramoops_params": rec.get("ramoops_params")}
+
+    def status_row(self, ctx: "Context", vm, row: "VmStatus") -> None:
+        api = ctx.api
+        conf = api.get(f"nodes/{vm.node}/qemu/{vm.vmid}/config")
+        current = api.get(f"nodes/{vm.node}/qemu/{vm.vmid}/config", current=1)
+        ours = _shm_name_of(conf.get("ivshmem")) == ivshmem.shm_name(vm.vmid)
+        row.provisioned = ours and ivshmem.is_ours(conf.get("hookscript"))
+        row.disk = self.name if ours else None
+        row.pending = ours and conf.get("ivshmem") != current.get("ivshmem")
+
+    def has_records(self, cfg: "Config", vmid: int) -> bool:
+        name = ivshmem.shm_name(vmid)
+        return any(p.exists() for p in (cfg.paths.ivshmem_file(name), cfg.paths.ivshmem_keep(name),
+                                        ivshmem.durable_copy(cfg, vmid)))
+
+    def open_records(self, cfg: "Config", api, ref, where: VmWhere | None, choice, *,
+                     allow_offline: bool = True, connect_guest: Callable | None = None) -> Any:
+        vmid, node = ref.vmid, ref.node
+        if where is not None and not where.local:
+            raise GuestError(f"VM {vmid} runs on node {node}: its ivshmem records are in that "
+                             "node's /dev/shm", hint="run the sweep on every node")
+        if not choice.provisioned and not self.has_records(cfg, vmid):
+            raise not_provisioned_error(vmid, choice, "no ivshmem device set up, no records file")
+        return IvshmemVm(vmid, {"vmid": vmid, "node": node, "name": ref.name}, cfg, note=choice.mismatch)
+
+    def read_host(self, cfg: "Config", vmid: int, *, clear: bool = False, runner=None) -> Any:
+        """The ramoops records in the VM's ivshmem memory (live file, keep link or durable copy)."""
+        from ..pipeline.handles import vm_backend
+        from ..pipeline.reading import ReadResult
+
+        choice = vm_backend(cfg, vmid)
+        if not choice.provisioned and not self.has_records(cfg, vmid):
+            raise not_provisioned_error(vmid, choice, "no ivshmem device set up, no records file")
+        image = ivshmem.read_image(cfg, vmid)
+        records = [r for r in ivshmem.parse_image(cfg, vmid, image).records if not r.erased]
+        res = ReadResult(vmid, f"ivshmem-{image.source}", guest_records=records,
+                         host_label="its ivshmem memory on the host")
+        if clear and records:
+            res.cleared = list(ivshmem.clear_records(cfg, vmid, image, records) or [])
+        return res
+
+
+BACKEND = Ivshmem()
