@@ -15,7 +15,7 @@ from .discover import discover_layout
 from .dump import decode_payload
 from .ftrace import merge_by_timestamp, render, split_records
 from .layout import KMSG_HEADER, ZONE_HEADER, BlkLayout, BlkParams, Zone, compute_layout
-from .model import Finding, Kind, ParseResult, Record, Severity, reason_name
+from .model import MAX_IMAGE_BYTES, Finding, ImageBudget, Kind, ParseResult, Record, Severity, reason_name
 from .source import ByteSource
 from .inflate import inflate_raw
 from .zoneformat import BACKEND, KINDS_BY_SIG, KMSG_HDR, KMSG_MAGIC, SIGNATURES, ZONE_HDR
@@ -30,9 +30,6 @@ MAX_RECORD_BYTES = 32 << 20
 # Zones visited at most (a 128 MiB device with 4 KiB zones has 32768).
 MAX_ZONES = 1 << 20
 HEADER_BATCH = 4096
-# Record bytes held per image at most, whatever the image holds: the kernel uses
-# 128 MiB of a device at most (6.1+), and several sweeps run at once.
-MAX_IMAGE_BYTES = 128 << 20
 # Raw ftrace bytes merged at most (each 24-byte entry becomes a tuple and a text line).
 MAX_FTRACE_BYTES = 8 << 20
 
@@ -59,9 +56,7 @@ def read_blk(source: ByteSource, params: BlkParams | None = None, *,
                                     f"the kernel would refuse this device ({c}); parsed anyway"))
     reader = _Reader(source, layout, options, findings)
     records = reader.read_all()
-    if reader.over_budget > 1:
-        findings.append(Finding(Severity.WARNING, f"{reader.over_budget} records not read "
-                                "(per-image budget)"))
+    findings.extend(reader.budget.findings())
     return ParseResult(source=source.name, offset=image_offset, layout=layout,
                        records=records, findings=findings, bytes_read=source.bytes_read)
 
@@ -73,20 +68,11 @@ class _Reader:
         self.layout = layout
         self.opt = options
         self.findings = findings
-        self.budget = options.max_image_bytes  # record bytes this image may still hold
-        self.over_budget = 0
+        self.budget = ImageBudget(options.max_image_bytes)
 
     def spend(self, size: int, zone: Zone) -> bool:
         """Take ``size`` bytes from the image's budget; False (and a finding, once) when spent."""
-        if size <= self.budget:
-            self.budget -= size
-            return True
-        if not self.over_budget:
-            self.note(Severity.WARNING, "the records of this image exceed the "
-                      f"{self.opt.max_image_bytes >> 20} MiB pvepstore holds per image: this "
-                      "and later records were not read", zone)
-        self.over_budget += 1
-        return False
+        return self.budget.take(size, lambda message: self.note(Severity.WARNING, message, zone))
 
     def note(self, severity: Severity, message: str, zone: Zone | None = None) -> None:
         self.findings.append(Finding(severity, message,

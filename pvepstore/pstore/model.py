@@ -178,6 +178,41 @@ class _LazyList(list):
         return bool(self._items)
 
 
+# Record bytes held per image at most, whatever the image holds: the kernel uses no more than
+# 128 MiB of a pstore/zone device (6.1+), and several sweeps run at once.
+MAX_IMAGE_BYTES = 128 << 20
+
+
+class ImageBudget:
+    """The record bytes one image may still hold (``max_image_bytes``), shared by every reader.
+
+    A hostile header can claim any size; the budget bounds what one image makes pvepstore
+    hold, whatever the format.  The first refused record gets a finding at its zone,
+    :meth:`findings` adds the count of all refused ones.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.left = limit
+        self.refused = 0
+
+    def take(self, size: int, on_first_refusal) -> bool:
+        """Take ``size`` bytes; False when spent (``on_first_refusal(message)`` runs once)."""
+        if size <= self.left:
+            self.left -= size
+            return True
+        self.refused += 1
+        if self.refused == 1:
+            on_first_refusal(f"the records of this image exceed the {self.limit >> 20} MiB pvepstore "
+                             "holds per image: this and later records were not read")
+        return False
+
+    def findings(self) -> list[Finding]:
+        if self.refused <= 1:
+            return []
+        return [Finding(Severity.WARNING, f"{self.refused} records not read (per-image budget)")]
+
+
 def select_for_analysis(records: list[Record], budget: int) -> tuple[list[Record], int]:
     """The records whose text crash analysis reads, at most ``budget`` bytes of it per image.
 

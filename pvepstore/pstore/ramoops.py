@@ -16,7 +16,7 @@ import re
 from ..errors import UsageError
 from .dump import decode_payload, part_header, reason_code
 from .ftrace import merge_by_timestamp, render, split_records
-from .model import Finding, Kind, ParseResult, Record, Severity
+from .model import MAX_IMAGE_BYTES, Finding, ImageBudget, Kind, ParseResult, Record, Severity
 from .ramdiscover import discover_ramoops
 from .ramlayout import (DEFAULT_SIZE, PERSISTENT_RAM_SIG, PRZ_HEADER, RamoopsLayout, RamoopsParams,
                         RamZone, compute_ramoops_layout, rounddown_pow2)
@@ -28,9 +28,6 @@ __all__ = ["BACKEND", "DEFAULT_SIZE", "PERSISTENT_RAM_SIG", "PRZ_HEADER", "RamZo
 
 BACKEND = "ramoops"
 MAX_RECORD_BYTES = 32 << 20
-# Record bytes held per image at most, whatever the image holds (several sweeps
-# run at once); the kernel uses no more than 128 MiB of pstore/zone either.
-MAX_IMAGE_BYTES = 128 << 20
 MAX_ZONES = 1 << 20  # dmesg zones visited at most (1 GiB of 1 KiB records)
 HEADER_BATCH = 4096
 # sscanf("====%lld.%lu-%c\n%n"): the kernel's isspace() also takes 0xa0 (Latin-1 NBSP).
@@ -86,6 +83,7 @@ def read_ramoops(source: ByteSource, params: RamoopsParams | None = None, *,
         layout = compute_ramoops_layout(source.size, params)
     reader = _RamReader(source, findings, max_record_bytes, max_image_bytes)
     records = reader.read_all(layout)
+    findings.extend(reader.budget.findings())
     return ParseResult(source=source.name, offset=image_offset, layout=layout, records=records,
                        findings=findings, bytes_read=source.bytes_read)
 
@@ -96,8 +94,7 @@ class _RamReader:
         self.src = src
         self.findings = findings
         self.limit = limit
-        self.budget = budget  # record bytes this image may still hold
-        self.over_budget = 0  # records left out once the budget was spent
+        self.budget = ImageBudget(budget)
 
     def note(self, severity: Severity, message: str, zone: RamZone) -> None:
         self.findings.append(Finding(severity, message, kind=zone.kind.value, zone=zone.index,
@@ -140,15 +137,7 @@ class _RamReader:
 
     def spend(self, size: int, zone: RamZone) -> bool:
         """Take ``size`` bytes from the image's budget; False (and a finding, once) when spent."""
-        if size <= self.budget:
-            self.budget -= size
-            return True
-        if not self.over_budget:
-            self.note(Severity.WARNING, "the records of this image exceed the "
-                      f"{MAX_IMAGE_BYTES >> 20} MiB pvepstore holds per image: this and "
-                      "later records were not read", zone)
-        self.over_budget += 1
-        return False
+        return self.budget.take(size, lambda message: self.note(Severity.WARNING, message, zone))
 
     def dmesg_zones(self, layout: RamoopsLayout):
         """(zone, header) of each dmesg zone that has a header, fetched in batches (holes skipped)."""
@@ -193,9 +182,6 @@ class _RamReader:
                                   zone=0, offset=ftrace_zones[0].offset, data=render(merged)))
             self.note(Severity.INFO, "ftrace addresses shown in hex: the kernel resolves them "
                       "with its own symbol table", ftrace_zones[0])
-        if self.over_budget > 1:
-            self.findings.append(Finding(Severity.WARNING, f"{self.over_budget} records not read "
-                                         "(per-image budget)"))
         return records
 
     def dmesg_record(self, zone: RamZone, old: bytes) -> Record | object | None:
