@@ -27,6 +27,14 @@ def _kind_of(mode: int) -> str | None:
     return None if stat.S_ISREG(mode) or stat.S_ISBLK(mode) else "not a regular file"
 
 
+def _refuse_type(name: str, mode: int, allow_block: bool, hint: str) -> None:
+    what = _kind_of(mode)
+    if what is None and stat.S_ISBLK(mode) and not allow_block:
+        what = "a block device"
+    if what is not None:
+        raise InputError(f"cannot read {name}: it is {what}", hint=hint)
+
+
 def open_input(path: str | os.PathLike[str], *, allow_block: bool = True,
                hint: str = "give the path of a raw disk image or block device") -> int:
     """Open an input for reading without ever blocking on it; return the fd.
@@ -40,12 +48,7 @@ def open_input(path: str | os.PathLike[str], *, allow_block: bool = True,
     """
     name = os.fspath(path)
     try:
-        before = os.stat(name)
-        what = _kind_of(before.st_mode)
-        if what is None and stat.S_ISBLK(before.st_mode) and not allow_block:
-            what = "a block device"
-        if what is not None:
-            raise InputError(f"cannot read {name}: it is {what}", hint=hint)
+        _refuse_type(name, os.stat(name).st_mode, allow_block, hint)
         flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
         fd = os.open(name, flags)
     except FileNotFoundError:
@@ -56,12 +59,7 @@ def open_input(path: str | os.PathLike[str], *, allow_block: bool = True,
     except OSError as exc:
         raise InputError(f"cannot read {name}: {exc.strerror}", hint=hint) from None
     try:
-        after = os.fstat(fd)
-        what = _kind_of(after.st_mode)
-        if what is None and stat.S_ISBLK(after.st_mode) and not allow_block:
-            what = "a block device"
-        if what is not None:
-            raise InputError(f"cannot read {name}: it is {what}", hint=hint)
+        _refuse_type(name, os.fstat(fd).st_mode, allow_block, hint)
     except BaseException:
         os.close(fd)
         raise
