@@ -119,6 +119,16 @@ class PstoreBlkConfig:
 
 
 @dataclass(frozen=True)
+class EfiPstoreConfig:
+    # each dump is ~14 variables / ~15 KB of OVMF's ~256 KiB store: shutdown dumps at every reboot
+    # would fill it, so the default keeps Oops/panic only (printk.always_kmsg_dump off)
+    always_kmsg_dump: bool = _key(False, Spec(Kind.BOOL))
+    kmsg_bytes: int = _key(10240, Spec(Kind.INT, lo=1024, hi=65536,  # pstore.kmsg_bytes: bytes per dump
+                                      hint="each dump costs about kmsg_bytes/1 KiB variables of the store"))
+    warn_fill_percent: int = _key(75, Spec(Kind.INT, lo=1, hi=100))  # status warns above this fill level
+
+
+@dataclass(frozen=True)
 class ScopeConfig:
     vms: tuple[int, ...] = _key((), Spec(Kind.VMIDS))
     tag: str | None = _key("pvepstore", Spec(Kind.STR, optional=True, pattern=r"(?i)[a-z0-9_][a-z0-9_+.-]*",
@@ -164,6 +174,7 @@ class Config:
     ssh: SshConfig = SshConfig()
     disk: DiskConfig = DiskConfig()
     pstore_blk: PstoreBlkConfig = PstoreBlkConfig()
+    efi_pstore: EfiPstoreConfig = EfiPstoreConfig()
     scope: ScopeConfig = ScopeConfig()
     collect: CollectConfig = CollectConfig()
     retention: RetentionConfig = RetentionConfig()
@@ -185,6 +196,7 @@ class Config:
 
 _SECTIONS = {"api": ApiConfig, "ssh": SshConfig, "disk": DiskConfig,
              BackendName.PSTORE_BLK.value: PstoreBlkConfig,  # that backend's own settings
+             BackendName.EFI_PSTORE.value: EfiPstoreConfig,
              "scope": ScopeConfig, "collect": CollectConfig, "retention": RetentionConfig}
 _VM_KEYS = {"ssh", "disk", "backend"}
 

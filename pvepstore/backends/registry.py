@@ -18,12 +18,14 @@ class BackendName(str, Enum):
 
     PSTORE_BLK = "pstore_blk"
     IVSHMEM = "ivshmem"
+    EFI_PSTORE = "efi_pstore"
 
 
 DEFAULT = BackendName.PSTORE_BLK.value
 
 _BUILTIN = {BackendName.PSTORE_BLK.value: "pvepstore.backends.pstore_blk",
-            BackendName.IVSHMEM.value: "pvepstore.backends.ivshmem"}
+            BackendName.IVSHMEM.value: "pvepstore.backends.ivshmem",
+            BackendName.EFI_PSTORE.value: "pvepstore.backends.efi_pstore"}
 _EXTRA: dict[str, type] = {}
 _LOADED: dict[str, "Backend"] = {}
 

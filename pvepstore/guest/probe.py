@@ -26,6 +26,7 @@ BY_ID = "/dev/disk/by-id/virtio-{serial}"
 # module); not pvepstore's backend names, which are the backends registry's
 KMOD_BLK = "pstore_blk"
 KMOD_RAMOOPS = "ramoops"
+KMOD_EFI = "efi_pstore"  # the kernel module (a backend of the same name is in pvepstore.backends)
 IVSHMEM_BYTES = 1 << 20  # ivshmem: size=1 (MiB), what provision sets
 PSZ_SIG = b"DBGC"  # little-endian 0x43474244 at the start of a dmesg zone
 
@@ -255,7 +256,7 @@ def build_report(reply: Reply, serial: str, disk_bytes: int | None) -> ProbeRepo
         r.ramoops = "builtin"
     elif modfiles.get("ramoops") or "ramoops" in r.loaded:
         r.ramoops = "module"
-    r.efi_pstore_available = bool(modfiles.get("efi_pstore")) or "efi_pstore" in builtin \
+    r.efi_pstore_available = bool(modfiles.get(KMOD_EFI)) or KMOD_EFI in builtin \
         or "efi-pstore" in builtin
     for name in ("PMSG", "CONSOLE", "FTRACE"):
         val = kconf.get(f"PSTORE_{name}")
@@ -270,7 +271,7 @@ def build_report(reply: Reply, serial: str, disk_bytes: int | None) -> ProbeRepo
             elif key.startswith("ramoops/parameters/"):
                 r.ramoops_params[key.rsplit("/", 1)[1]] = decode(f[1], 256).strip()
             elif key == "efi_pstore/parameters/pstore_disable":
-                r.loaded.setdefault("efi_pstore", "live")
+                r.loaded.setdefault(KMOD_EFI, "live")
                 if _flag(decode(f[1], 16)):
                     r.efi_pstore_disabled = True
     for f in reply.all("ivshmem"):
@@ -285,9 +286,9 @@ def build_report(reply: Reply, serial: str, disk_bytes: int | None) -> ProbeRepo
     r.efi = reply.has("efi")
     r.erst = reply.has("erst")
     r.modprobe_config = [ln[:300] for ln in reply.text("modprobe_c").splitlines()][:100]
-    r.efi_pstore_blacklisted = any(ln.split()[:2] == ["blacklist", "efi_pstore"] for ln in r.modprobe_config)
+    r.efi_pstore_blacklisted = any(ln.split()[:2] == ["blacklist", KMOD_EFI] for ln in r.modprobe_config)
     r.efi_pstore_disabled = r.efi_pstore_disabled or any(
-        ln.split()[:2] == ["options", "efi_pstore"] and any(
+        ln.split()[:2] == ["options", KMOD_EFI] and any(
             w.startswith("pstore_disable=") and _flag(w.split("=", 1)[1]) for w in ln.split()[2:])
         for ln in r.modprobe_config)
     r.pstorefs = reply.text("pstorefs", limit=32).strip()

@@ -141,6 +141,7 @@ class VmStatus:
     backend_ok: bool | None
     last_collection: float | None
     error: str | None = None
+    store: str | None = None  # a backend's storage line (efi_pstore: the vars store's fill level)
 
     def to_json(self) -> dict:
         return dict(self.__dict__)

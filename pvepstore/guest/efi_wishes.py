@@ -1,0 +1,171 @@
+"""efi_pstore: what it wants in a UEFI guest, what it captures there, how it is verified.
+
+efi_pstore writes each dump as UEFI variables through the firmware's runtime services; OVMF
+keeps them in the VM's ``efidisk0`` (panic-capable-backends.md, efi-pstore).  In the guest:
+
+* no ``options efi_pstore pstore_disable=Y`` (the shared modprobe file of the other backends is
+  not wanted: the plan engine removes or restores it) and no pstore_blk/ramoops units (idem);
+* ``/etc/pvepstore/efi-load.sh`` + ``pvepstore-efi.service``: early at every boot, caps the dump
+  size (``pstore.kmsg_bytes``, read at dump time), sets ``printk.always_kmsg_dump`` as configured
+  and loads efi_pstore before systemd-pstore (Debian 12's systemd-pstore.service also pulls
+  ``modprobe@efi_pstore``; the unit makes it independent of that);
+* the same ``Unlink=no`` drop-in: records stay until the host has archived them and clears them.
+
+The kernel names the backend ``efi`` in ``/sys/module/pstore/parameters/backend``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import rules
+from .changes import VerifyResult, run
+from .layout import DROPIN, DROPIN_REASON, HEADER, PSTORE_DROPIN
+from .plan import GuestWishes, WantedFile
+from .probe import KMOD_BLK, KMOD_EFI, KMOD_RAMOOPS, Capability, ProbeReport
+
+TARGET = KMOD_EFI
+MODULE = KMOD_EFI
+PSTORE_NAME = "efi"  # psinfo->name of efi_pstore (drivers/firmware/efi/efi-pstore.c)
+UNIT = "/etc/systemd/system/pvepstore-efi.service"
+UNIT_LINK = "/etc/systemd/system/sysinit.target.wants/pvepstore-efi.service"
+LOADER = "/etc/pvepstore/efi-load.sh"
+SERVICE = "pvepstore-efi.service"
+STORE_NOTE = "each dump is ~14 variables / ~15 KB of OVMF's ~256 KiB variable store"
+
+
+@dataclass(frozen=True)
+class EfiSettings:
+    kmsg_bytes: int = 10240
+    always_kmsg_dump: bool = False
+
+    def to_json(self) -> dict:
+        return {"backend": TARGET, "kmsg_bytes": self.kmsg_bytes, "always_kmsg_dump": self.always_kmsg_dump}
+
+
+def settings(r: ProbeReport, *, kmsg_bytes: int = 10240, always_kmsg_dump: bool = False, **_ignored) -> EfiSettings:
+    if not 1024 <= kmsg_bytes <= 65536:
+        raise ValueError("efi_pstore.kmsg_bytes must be 1024..65536")
+    return EfiSettings(kmsg_bytes, bool(always_kmsg_dump))
+
+
+def files(s: EfiSettings) -> tuple[WantedFile, ...]:
+    loader = ("#!/bin/sh\n" + HEADER +
+              "# Caps efi_pstore's dumps and loads it before systemd-pstore; never fails the boot.\n"
+              "PATH=/usr/sbin:/usr/bin:/sbin:/bin\n"
+              "[ -d /sys/firmware/efi ] || { echo \"pvepstore: not booted through UEFI: no efi_pstore\"; exit 0; }\n"
+              f"echo {s.kmsg_bytes} > /sys/module/pstore/parameters/kmsg_bytes 2>/dev/null\n"
+              f"echo {'Y' if s.always_kmsg_dump else 'N'} > /sys/module/printk/parameters/always_kmsg_dump 2>/dev/null\n"
+              "modprobe efi_pstore 2>/dev/null\n"
+              "echo \"pvepstore: pstore backend $(cat /sys/module/pstore/parameters/backend 2>/dev/null)\"\n")
+    unit = (HEADER +
+            "[Unit]\n"
+            "Description=pvepstore: efi_pstore (dumps into the UEFI variable store)\n"
+            "DefaultDependencies=no\n"
+            "ConditionPathExists=/sys/firmware/efi\n"
+            "After=systemd-modules-load.service\n"
+            "Before=systemd-pstore.service sysinit.target shutdown.target\n"
+            "Conflicts=shutdown.target\n\n"
+            "[Service]\n"
+            "Type=oneshot\n"
+            "RemainAfterExit=yes\n"
+            f"ExecStart=/bin/sh {LOADER}\n\n"
+            "[Install]\n"
+            "WantedBy=sysinit.target\n")
+    return (WantedFile(LOADER, loader.encode(), mode="755", reason="cap the dump size and load efi_pstore"),
+            WantedFile(UNIT, unit.encode(), reason="load efi_pstore early at every boot, before systemd-pstore"),
+            WantedFile(UNIT_LINK, link=UNIT),
+            WantedFile(PSTORE_DROPIN, DROPIN.encode(), reason=DROPIN_REASON))
+
+
+def configured(r: ProbeReport) -> bool:
+    return r.backend == PSTORE_NAME
+
+
+def wishes(r: ProbeReport, s: EfiSettings) -> GuestWishes:
+    w = GuestWishes(backend=TARGET, settings=s.to_json(), files=files(s), module=MODULE)
+    if r.backend == KMOD_BLK:
+        w.actions.append(run("unload-module", "switching from pstore_blk"))
+    elif r.backend == KMOD_RAMOOPS:
+        w.actions.append(run("unload-ramoops", "switching from the ivshmem backend"))
+    # efi_pstore registers at module load only, and a module loaded with pstore_disable=Y stays
+    # off until unloaded: the guest's next boot (the unit) is the one sure activation
+    if r.backend != PSTORE_NAME:
+        w.reboot_required = True
+    return w
+
+
+def costs(r: ProbeReport) -> list[str]:
+    return [f"space in the VM's UEFI variable store ({STORE_NOTE}); a full store refuses new dumps "
+            "(and new boot entries) until the host has archived and the guest cleared the records",
+            "no migration cost: the records live on efidisk0 and move with the VM"]
+
+
+def capabilities(r: ProbeReport) -> dict[str, Capability]:
+    if not r.efi:
+        return rules.none_captured("not booted through UEFI (bios: seabios?)")
+    if not r.efi_pstore_available:
+        return rules.none_captured("this kernel has no efi_pstore (CONFIG_EFI_VARS_PSTORE)")
+    via = "written at once through the firmware's SetVariable into efidisk0"
+    opt_in = ("only with efi_pstore.always_kmsg_dump: true (off by default: " + STORE_NOTE + ")")
+    caps = {"oops": Capability("yes", via),
+            "panic": Capability("yes", via + " (panic time)"),
+            "shutdown": Capability("no", "clean reboot/poweroff dumps " + opt_in),
+            "emergency_restart": Capability("no", "sysrq-b / panic=N reboot dumps " + opt_in),
+            "console": Capability("no", "efi_pstore stores dmesg dumps only"),
+            "pmsg": Capability("no", "efi_pstore stores dmesg dumps only")}
+    return caps
+
+
+def problems(r: ProbeReport):
+    return rules.problems_with(r, _problems)
+
+
+def _problems(r: ProbeReport, add: rules.Add) -> None:
+    if not r.efi:
+        add("not-uefi", "blocker", "the guest did not boot through UEFI (/sys/firmware/efi is missing)",
+            "efi_pstore needs bios: ovmf and a UEFI-installed guest")
+    elif not r.efi_pstore_available:
+        add("no-efi-pstore", "blocker", f"kernel {r.kernel or '?'} has no efi_pstore",
+            "boot a kernel with CONFIG_EFI_VARS_PSTORE (Debian 12's 6.1 has it as a module)")
+    if r.efi_pstore_blacklisted:
+        add("efi-pstore-blacklisted", "warning", "efi_pstore is blacklisted in modprobe.d",
+            "remove the blacklist line (pvepstore's unit loads it by name, which a blacklist does not stop)")
+    if r.efi_pstore_disabled:
+        add("efi-pstore-disabled", "fix", "efi_pstore is disabled (pstore_disable=Y)",
+            "the plan removes pvepstore's own modprobe option; another one must go by hand; reboot")
+    if r.backend == "erst":
+        add("backend-erst", "blocker", "the built-in ACPI ERST backend holds pstore's single slot",
+            "remove the acpi-erst device from the VM")
+    elif r.backend and r.backend not in (PSTORE_NAME, KMOD_BLK, KMOD_RAMOOPS):
+        add("backend-other", "warning", f"backend {r.backend} holds pstore's single slot", "")
+    elif r.backend in (KMOD_BLK, KMOD_RAMOOPS):
+        add("backend-switch", "fix", f"{r.backend} holds pstore's single slot (switching backends)",
+            "unload it; efi_pstore registers at the next boot")
+    if r.efi and r.efi_pstore_available and r.backend != PSTORE_NAME and not r.efi_pstore_disabled:
+        add("not-configured", "fix", "efi_pstore is not registered", "a boot-time unit that loads it")
+
+
+def assess(r: ProbeReport) -> ProbeReport:
+    return rules.assess(r, target=TARGET, configured=configured, capabilities=capabilities, problems=problems,
+                        costs=costs)
+
+
+def _checks(r: ProbeReport, s: dict, add: rules.CheckAdd) -> None:
+    add("uefi", r.efi, "/sys/firmware/efi present" if r.efi else "not booted through UEFI")
+    add("backend", r.backend == PSTORE_NAME, f"backend is {r.backend or 'none'} (want {PSTORE_NAME})")
+    add("efi_pstore enabled", not r.efi_pstore_disabled,
+        "pstore_disable=Y is set" if r.efi_pstore_disabled else "not disabled")
+
+
+def verify(r: ProbeReport) -> VerifyResult:
+    """efi_pstore registered, its unit enabled; the shared checks except "efi_pstore kept out"
+    (rules.verify_with asks that of the backends efi_pstore competes with; here it is the backend)."""
+    res = rules.verify_with(r, _checks, boot_link=UNIT_LINK, service=r.units.get(SERVICE, {}),
+                            service_name=SERVICE)
+    drop = {"efi_pstore kept out"}
+    if SERVICE not in r.units:  # this probe does not report the unit's state (its files are checked)
+        drop.add("boot unit")
+    checks = [c for c in res.checks if c[0] not in drop]
+    problems = [f"{n}: {d}" if d else n for n, ok, d in checks if not ok]
+    return VerifyResult(ok=not problems, checks=checks, problems=problems)

@@ -1,0 +1,204 @@
+"""A VM's ``efidisk0`` (OVMF's persistent variable store) read on the host: never written.
+
+efi_pstore keeps the guest's dumps as UEFI variables; OVMF writes them to ``efidisk0``
+(../shared/reference/proxmox.md, panic-capable-backends.md efi-pstore).  The volume is found as the
+pstore_blk offline read finds its disk (:mod:`.hostvol` for the path, :mod:`.locking` for PVE's lock
+and the "is it off" checks), only on the node that owns the VM:
+
+* stopped VM: under PVE's flock ``lock-<vmid>.conf`` after re-checking no ``lock:`` and no QEMU;
+* running VM: the firmware may write the store at any moment (SetVariable from the guest's
+  efi_pstore), so the file is read whole until two consecutive reads agree (bounded retries):
+  a consistent snapshot, taken without the lock (QEMU holds the volume; we only read it).
+
+qcow2 (the default on directory storages) is read by the pure :mod:`pvepstore.pstore.qcow2`
+reader from the same snapshot bytes: no ``qemu-img``/``qemu-nbd`` on the node, no temp file,
+and the snapshot check covers metadata and data alike.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..config import Config
+from ..errors import InputError, PveError, VmBusyError
+from ..pstore.qcow2 import MAGIC as QCOW2_MAGIC, Qcow2Source
+from ..pstore.source import BytesSource, open_input
+from .commands import CommandRunner, SubprocessRunner
+from .hostvol import HostVolume, activated, load_storages, resolve_volume
+from .inventory import local_node
+from .locking import ACQUIRE_TIMEOUT, load_local_config, offline_guard, qemu_pid
+from .vmconfig import parse_drive
+
+KEY = "efidisk0"
+MAX_FILE_BYTES = 64 << 20  # an efidisk is 128 KiB..4 MiB (+ qcow2 metadata); anything larger is refused
+SNAPSHOT_TRIES = 5
+
+
+@dataclass(frozen=True)
+class EfiDisk:
+    volid: str
+    value: str
+    format: str  # raw | qcow2 (the drive's format=, else the volume name's suffix, else raw)
+    efitype: str = ""
+
+    def to_json(self) -> dict:
+        return {"key": KEY, "volid": self.volid, "format": self.format, "efitype": self.efitype}
+
+
+def find_efidisk(conf: dict) -> EfiDisk | None:
+    """The VM's efidisk0 from its (current) config, or None."""
+    value = conf.get(KEY)
+    if not isinstance(value, str) or not value.strip():
+        return None
+    opts = parse_drive(value)
+    volid = value.split(",", 1)[0].strip()
+    if ":" not in volid:
+        return None  # not a storage volume (a path): PVE-managed volumes only
+    fmt = opts.get("format") or ("qcow2" if volid.endswith(".qcow2") else
+                                 "vmdk" if volid.endswith(".vmdk") else "raw")
+    return EfiDisk(volid, value, fmt, opts.get("efitype", ""))
+
+
+def volume_of(cfg: Config, disk: EfiDisk) -> HostVolume:
+    """The efidisk's volume and its path on this node.
+
+    :func:`.hostvol.resolve_volume` refuses non-raw volumes (right for pstore_blk, whose disk is
+    written on the host); a qcow2 efidisk is only ever read here, through the qcow2 reader, so its
+    path is resolved as the raw sibling name and the real file name put back (dir-type storages
+    only: that is where PVE puts qcow2)."""
+    paths = cfg.paths
+    storages = load_storages(paths)
+    if disk.format == "raw":
+        return resolve_volume(paths, storages, disk.volid, "raw")
+    if disk.format != "qcow2":
+        raise InputError(f"{disk.volid}: efidisk0 has format {disk.format}: only raw and qcow2 are read",
+                         hint="move the EFI disk to raw or qcow2 (qm disk move --format raw)")
+    if not disk.volid.endswith(".qcow2"):
+        raise InputError(f"{disk.volid}: a qcow2 efidisk0 outside a directory storage is not supported",
+                         hint="move the EFI disk to a dir storage or to raw")
+    stand_in = resolve_volume(paths, storages, disk.volid[:-len(".qcow2")] + ".raw", "raw")
+    if stand_in.lv is not None:
+        raise InputError(f"{disk.volid}: qcow2 on {stand_in.type} is not supported", hint="use raw there")
+    real = stand_in.path.with_name(Path(stand_in.path.name).stem + ".qcow2")
+    return HostVolume(disk.volid, stand_in.storage, stand_in.type, real)
+
+
+def read_file(path: Path, *, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The whole file or device, once (never blocks on a FIFO: :func:`open_input`)."""
+    fd = open_input(path)
+    try:
+        size = os.lseek(fd, 0, os.SEEK_END)
+        if size > max_bytes:
+            raise InputError(f"{path}: {size} bytes is more than an EFI vars disk ({max_bytes} bytes at most)",
+                             hint="is this really efidisk0?")
+        out = bytearray()
+        while len(out) < size:
+            chunk = os.pread(fd, min(1 << 20, size - len(out)), len(out))
+            if not chunk:
+                break
+            out += chunk
+        return bytes(out)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class Snapshot:
+    data: bytes
+    reads: int  # how many whole reads it took (2 = the first two agreed)
+    consistent: bool
+
+
+def snapshot(read: Callable[[], bytes], *, tries: int = SNAPSHOT_TRIES, pause: float = 0.02) -> Snapshot:
+    """Read until two consecutive reads agree (at most ``tries`` reads).  A store the firmware keeps
+    rewriting is returned as the last read with ``consistent`` False (the reader then copes with a
+    torn variable: the record's checks fail, the rest stays readable)."""
+    last = read()
+    for n in range(2, max(tries, 2) + 1):
+        time.sleep(pause)
+        cur = read()
+        if cur == last:
+            return Snapshot(cur, n, True)
+        last = cur
+    return Snapshot(last, max(tries, 2), False)
+
+
+def guest_view(data: bytes, disk: EfiDisk, name: str) -> bytes:
+    """The bytes the firmware sees (a qcow2 file translated; raw as is)."""
+    if data[:4] == QCOW2_MAGIC:
+        return Qcow2Source(BytesSource(data, name=name)).read_all()
+    if disk.format == "qcow2":
+        raise InputError(f"{name}: efidisk0 says format=qcow2 but the file has no qcow2 header")
+    return data
+
+
+@dataclass
+class EfiRead:
+    vmid: int
+    node: str
+    disk: EfiDisk
+    volume: HostVolume
+    running: bool
+    image: bytes  # the guest's view of the vars store
+    reads: int
+    consistent: bool
+    result: object = None  # ParseResult of read_efi
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"vmid": self.vmid, "node": self.node, "source": "efidisk", "disk": self.disk.to_json(),
+                "volume": self.volume.to_json(), "running": self.running, "reads": self.reads,
+                "consistent": self.consistent, "notes": self.notes}
+
+
+def _no_efidisk(vmid: int) -> PveError:
+    return PveError(f"VM {vmid} has no efidisk0", hint="efi_pstore records outlive a VM stop only on a "
+                    "persistent efidisk0: add one (Hardware > Add > EFI Disk)")
+
+
+def read_efidisk(cfg: Config, vmid: int, *, runner: CommandRunner | None = None,
+                 timeout: float = ACQUIRE_TIMEOUT, tries: int = SNAPSHOT_TRIES) -> EfiRead:
+    """The VM's vars store as the firmware sees it: under PVE's lock when the VM is off, a
+    consistent snapshot while QEMU runs.  Read only; parsed by the caller (:func:`parse`)."""
+    paths = cfg.paths
+    node = local_node(cfg)
+    runner = runner or SubprocessRunner()
+    conf = load_local_config(paths, node, vmid)  # the owning node? (raises with the owner's name)
+    if qemu_pid(paths, vmid) is None:
+        try:
+            with offline_guard(paths, node, vmid, timeout) as locked:
+                disk = find_efidisk(locked)
+                if disk is None:
+                    raise _no_efidisk(vmid)
+                volume = volume_of(cfg, disk)
+                with activated(volume, runner) as path:
+                    data = read_file(path)
+                return EfiRead(vmid, node, disk, volume, False, guest_view(data, disk, disk.volid), 1, True)
+        except VmBusyError:
+            if qemu_pid(paths, vmid) is None:
+                raise  # locked, hibernated: not ours to read now
+            conf = load_local_config(paths, node, vmid)  # started meanwhile: a running snapshot
+    disk = find_efidisk(conf)
+    if disk is None:
+        raise _no_efidisk(vmid)
+    volume = volume_of(cfg, disk)
+    with activated(volume, runner) as path:  # active while QEMU runs: nothing is activated here
+        snap = snapshot(lambda: read_file(path), tries=tries)
+    out = EfiRead(vmid, node, disk, volume, True, guest_view(snap.data, disk, disk.volid), snap.reads,
+                  snap.consistent)
+    if not snap.consistent:
+        out.notes.append(f"the firmware kept writing the store: {snap.reads} reads never agreed; "
+                         "read the last one")
+    return out
+
+
+def parse(read: EfiRead, *, forensic: bool = False):
+    """efi_pstore's records in the snapshot (efiformat's reader)."""
+    from ..pstore.efi import read_efi
+
+    read.result = read_efi(BytesSource(read.image, name=f"{read.disk.volid} (efidisk0)"), forensic=forensic)
+    return read.result
