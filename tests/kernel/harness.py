@@ -313,8 +313,16 @@ for d in /sys/bus/pci/devices/*; do
 done
 [ -n "$found" ] || log "no ivshmem device (PCI 1af4:1110)"
 """,
+    # efi_pstore on OVMF (efi-* fixtures): the real kmod modprobe resolves its dependencies;
+    # efivarfs is mounted so the variables can be inspected as Linux sees them.
+    "efi": r"""log "loading efi_pstore"
+modprobe efi_pstore
+out "==INSMOD-RC $?=="
+modprobe efivarfs 2>/dev/null
+mount -t efivarfs efivarfs /sys/firmware/efi/efivars || log "mount efivarfs failed"
+""",
 }
-BACKEND_MODULES = {"pstore_blk": ["pstore_zone", "pstore_blk"], "ramoops": ["ramoops"]}
+BACKEND_MODULES = {"pstore_blk": ["pstore_zone", "pstore_blk"], "ramoops": ["ramoops"], "efi": []}
 KMOD = "/bin/kmod"
 
 
@@ -377,6 +385,8 @@ def build_initramfs(kernel: Kernel, dest: Path, blkdev: str, pstore_params: str,
         if not (pzone and pblk):
             raise RuntimeError("pstore_zone/pstore_blk must be modules")
         names = {"PSTORE_ZONE": _strip_ext(pzone[0]), "PSTORE_BLK": _strip_ext(pblk[0])}
+    elif backend == "efi":
+        names = {}
     else:
         if not pmods or not Path(pmods[-1]).name.startswith(backend):
             raise RuntimeError(f"{kernel.label}: {backend} must be a module")
@@ -586,16 +596,20 @@ OVMF_CODE = Path(os.environ.get("PVEPSTORE_OVMF_CODE", "/usr/share/OVMF/OVMF_COD
 OVMF_VARS = Path(os.environ.get("PVEPSTORE_OVMF_VARS", "/usr/share/OVMF/OVMF_VARS_4M.fd"))
 
 
-def ovmf_args(vars_copy: Path) -> list[str]:
-    """OVMF as pflash: the read-only code and the VM's own copy of the variable store."""
-    return ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+def ovmf_args(vars_copy: Path, code: Path | None = None, secure: bool = False) -> list[str]:
+    """OVMF as pflash: the read-only code and the VM's own copy of the variable store
+    (``secure``: the SMM build, whose pflash only SMM code may write, as qemu-server sets
+    for q35 + a secboot/ms code image)."""
+    code = code or OVMF_CODE
+    sec = ["-global", "driver=cfi.pflash01,property=secure,value=on"] if secure else []
+    return sec + ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
             "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
 
 
 def run_boot(kernel: Kernel, disk: Disk | None, initrd: Path, workdir: Path, tag: str,
              cmdline_extra: str = "", timeout: float = 240, smp: int = 1,
              mem: int = 512, *, extra_args: list[str] = (), no_reboot: bool = True,
-             on_poll=None, poll: float = 0.1) -> BootResult:
+             on_poll=None, poll: float = 0.1, machine: str = "pc") -> BootResult:
     """One QEMU process (one boot, or several when ``no_reboot`` is False).
 
     ``on_poll(channel_text, console_text)`` is called every ``poll`` seconds while
@@ -623,7 +637,7 @@ def run_boot(kernel: Kernel, disk: Disk | None, initrd: Path, workdir: Path, tag
                    "-device", "scsi-hd,drive=pdisk,bus=scsi0.0"]
         else:
             raise ValueError(disk.bus)
-    argv = [QEMU, "-accel", accel, "-machine", "pc", "-m", str(mem), "-smp", str(smp),
+    argv = [QEMU, "-accel", accel, "-machine", machine, "-m", str(mem), "-smp", str(smp),
             "-nographic"] + (["-no-reboot"] if no_reboot else []) + [
             "-monitor", "none", "-nic", "none",
             "-serial", f"file:{con}", "-serial", f"file:{chan}",
