@@ -70,6 +70,11 @@ def _params(fmt: str, kmsg: Optional[int], pmsg: Optional[int], console: Optiona
             ftrace: Optional[int], nr_cpus: Optional[int], no_cap: bool,
             record: Optional[int], mem: Optional[int]) -> BlkParams | RamoopsParams | None:
     given = (kmsg, pmsg, console, ftrace, nr_cpus)
+    if fmt == "efi":
+        if any(v is not None for v in given + (record, mem)) or no_cap:
+            raise UsageError("size options are pstore_blk/ramoops options",
+                             hint="an OVMF vars file (efidisk0) needs none: its variable headers say it all")
+        return None
     if nr_cpus is not None and nr_cpus > NR_CPUS_MAX:
         # a bound, not pedantry: the ftrace zones are per CPU, and so is the memory for them
         raise UsageError(f"--nr-cpus {nr_cpus} is more than any kernel supports ({NR_CPUS_MAX})",
@@ -137,7 +142,7 @@ def parse_command(
     ftrace_size: Optional[int] = typer.Option(None, "--ftrace-size", min=0, help="pstore_blk ftrace_size (KiB)."),
     nr_cpus: Optional[int] = typer.Option(None, "--nr-cpus", min=1, help="Guest's possible CPUs (ftrace layout)."),
     no_cap: bool = typer.Option(False, "--no-cap", help="Kernel without the 128 MiB cap (5.10)."),
-    fmt: str = typer.Option("auto", "--format", help="pstore_blk, ramoops, or auto (from the first zone)."),
+    fmt: str = typer.Option("auto", "--format", help="pstore_blk, ramoops, efi (OVMF vars file / efidisk0), or auto (from the first zone or the _FVH signature)."),
     record_size: Optional[int] = typer.Option(None, "--record-size", min=1,
                                               help="ramoops record_size (KiB)."),
     mem_size: Optional[int] = typer.Option(None, "--mem-size", min=1,
@@ -149,7 +154,8 @@ def parse_command(
                                         help="Also recover erased records (forensic, flagged)."),
     sample: bool = typer.Option(False, "--sample", help="Parse the real pstore image bundled with pvepstore."),
 ) -> None:
-    """Read a pstore disk image (pstore_blk) or ramoops memory the way the guest kernel reads it.
+    """Read a pstore disk image (pstore_blk), ramoops memory or an OVMF vars file (efi_pstore) the way
+    the guest kernel reads it.
 
     Without size options the layout is discovered from the zone signatures.
     Sizes are KiB for both formats (ramoops module parameters are bytes).

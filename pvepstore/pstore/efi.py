@@ -58,10 +58,18 @@ class EfiLayout:
     def __init__(self, vs: VarStore, store: EfiStore) -> None:
         self.varstore = vs
         self.store = store
+        # the records are found from the variable headers, as the firmware finds them
+        self.discovery = {"confidence": "high" if vs.store_size else "none", "from": "variable headers"}
 
     def to_json(self) -> dict:
         doc = self.varstore.to_json()
-        doc.update(pstore_bytes=self.store.pstore_bytes, pstore_variables=self.store.pstore_variables)
+        doc.update(pstore_bytes=self.store.pstore_bytes, pstore_variables=self.store.pstore_variables,
+                   used_percent=round(self.store.used_percent, 1))
+        # The keys every layout has (cli/render.describe_layout reads them): one "zone" per
+        # efi_pstore variable of at most record_size bytes, found from the variable headers.
+        doc.update(dmesg={"count": self.store.pstore_variables, "zone_size": RECORD_SIZE,
+                          "base": self.varstore.area_offset},
+                   zones=[], discovery=self.discovery)
         return doc
 
 

@@ -25,7 +25,7 @@ def _args(fx) -> list[str]:
 
 
 def test_every_format_is_covered():
-    assert {f.format for f in FIXTURES} == {"pstore_blk", "ramoops"}
+    assert {f.format for f in FIXTURES} == {"pstore_blk", "ramoops", "efi"}
 
 
 @pytest.mark.parametrize("mode", MODES)

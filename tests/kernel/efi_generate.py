@@ -162,6 +162,10 @@ def run(sc: EfiScenario, log=print) -> dict:
         "kernel_files": {n: {"size": s, "mtime": m} for n, (s, m) in sorted(view.file_stat.items())},
         "efi_pstore_params": {k.split("/parameters/")[1]: v for k, v in view.params.items()
                               if k.startswith("efi_pstore/")},
+        # the module parameters as the kernel shows them (tests.conftest reads this key for
+        # every fixture; efi_pstore has no layout parameters, only pstore_disable/record_size)
+        "effective_params": {k.split("/parameters/")[1]: v for k, v in view.params.items()
+                             if k.startswith("efi_pstore/")},
         "pstore_params": {k.split("/parameters/")[1]: v for k, v in view.params.items()
                           if k.startswith("pstore/")},
         "read_dmesg": _pstore_dmesg(view.dmesg),
@@ -219,7 +223,23 @@ def main(argv=None) -> int:
     ap.add_argument("names", nargs="*")
     ap.add_argument("--all", action="store_true")
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--restat", action="store_true",
+                    help="recompute the store numbers in meta.json from the kept run files")
     a = ap.parse_args(argv)
+    if a.restat:
+        for sc in SCENARIOS:
+            mp, work = FIXTURES / sc.name / "meta.json", RUNS / sc.name
+            if not mp.exists() or not (work / "image.fd").exists():
+                continue
+            m = json.loads(mp.read_text())
+            m["store"] = _store_numbers(work / "image.fd")
+            m["store_after_reading_boot"] = _store_numbers(work / "read-copy.fd")
+            for b in m["boots"]:
+                b["store_after"] = _store_numbers(work / f"vars-after-boot{b['boot']}.fd")
+            m.setdefault("effective_params", dict(m.get("efi_pstore_params", {})))
+            mp.write_text(json.dumps(m, indent=2) + "\n")
+        update_readme()
+        return 0
     if a.list:
         for s in SCENARIOS:
             print(f"{s.name}: {s.description}")
