@@ -54,3 +54,100 @@ def test_store_line_warns_above_the_threshold(fakepve):
     assert store_line(cfg, res).startswith("efidisk0 store 76% used, 15 KB pstore (WARNING: above 50%")
     res.store.used_bytes = 50000
     assert "WARNING" not in store_line(cfg, res)
+
+
+# -- through the CLI on the fake PVE node (the VM is off: no guest needed) --------------------------
+
+import lzma  # noqa: E402
+
+from pvepstore.cli import ExitStatus  # noqa: E402
+from pvepstore.pve import state  # noqa: E402
+from tests.conftest import run_cli  # noqa: E402
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def efi_vm(fake, tmp_path, fixture="efi-panic", storage="local", fmt="qcow2", vmid=100, **config):
+    """A stopped OVMF VM whose efidisk0 holds a real-kernel efi fixture (qcow2 made by qemu-img)."""
+    import subprocess
+    fake.add_vm(vmid, {"bios": "ovmf", "tags": "pvepstore", **config})
+    raw = tmp_path / f"{fixture}.raw"
+    raw.write_bytes(lzma.decompress((FIXTURES / fixture / "image.xz").read_bytes()))
+    vol = fake.allocate(storage, vmid, raw.stat().st_size, fmt=fmt)
+    if fmt == "qcow2":
+        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(vol.backing)], check=True)
+    else:
+        fake.place_image(vol.volid, raw)
+        if fake.storages[storage]["type"] in ("lvm", "lvmthin"):
+            fake.set_active(vol.volid, True)
+    fake.set_config(vmid, efidisk0=f"{vol.volid},efitype=4m,pre-enrolled-keys=1,size=528K")
+    return vol, raw
+
+
+needs_efi = pytest.mark.skipif(not (FIXTURES / "efi-panic" / "image.xz").exists() or not shutil.which("qemu-img"),
+                               reason="needs the efi fixtures and qemu-img")
+
+
+def test_provision_blockers(fakepve):
+    fakepve.add_vm(100, {"tags": "pvepstore"})
+    conf = str(fakepve.config_file())
+    r = run_cli("--config", conf, "provision", "100", "--backend", "efi_pstore", "--dry-run")
+    assert r.status == ExitStatus.PVE and "bios is seabios: efi_pstore needs OVMF" in r.stderr
+    fakepve.set_config(100, bios="ovmf")
+    r = run_cli("--config", conf, "provision", "100", "--backend", "efi_pstore")
+    assert r.status == ExitStatus.PVE and "no efidisk0: OVMF gets a fresh vars file" in r.stderr
+    assert "/run/qemu-server/efidisk/100-ovmf.fd" in r.stderr
+    assert not fakepve.writes() and not state.provision_record(fakepve.load_config(), 100)
+
+
+@needs_efi
+def test_provision_stopped_vm_records_the_efidisk_and_writes_nothing(fakepve, tmp_path):
+    vol, _ = efi_vm(fakepve, tmp_path)
+    conf = str(fakepve.config_file())
+    r = run_cli("--config", conf, "provision", "100", "--backend", "efi_pstore", "--dry-run", "--json")
+    assert not state.provision_record(fakepve.load_config(), 100)
+    r = run_cli("--config", conf, "provision", "100", "--backend", "efi_pstore", "--json")
+    assert "not running" in r.stdout + r.stderr
+    rec = state.provision_record(fakepve.load_config(), 100)
+    assert rec["backend"] == "efi_pstore" and rec["efidisk"] == vol.volid
+    assert not fakepve.writes()  # nothing changes in the VM's config
+
+
+@needs_efi
+def test_status_shows_the_fill_level(fakepve, tmp_path):
+    vol, _ = efi_vm(fakepve, tmp_path, "efi-oops")
+    # status picks the backend from the config (see /tmp/coord/requests-efibackend.md #6)
+    conf = str(fakepve.config_file(efi_pstore={"warn_fill_percent": 10}, vms={100: {"backend": "efi_pstore"}}))
+    run_cli("--config", conf, "provision", "100", "--backend", "efi_pstore")
+    r = run_cli("--config", conf, "status", "--json")
+    (row,) = r.json["vms"]
+    assert row["provisioned"] and row["disk"] == "efidisk0" and row["volid"] == vol.volid, row
+    # efi-oops: 39,912 of 262,044 bytes used (15%), 24,792 bytes of pstore variables
+    assert row["store"].startswith("efidisk0 store 15% used, 24 KB pstore (WARNING: above 10%"), row
+
+
+@needs_efi
+@pytest.mark.parametrize("storage,fmt", [("local", "qcow2"), ("local-lvm", "raw")])
+def test_collect_a_stopped_vm_from_efidisk0(fakepve, tmp_path, monkeypatch, storage, fmt):
+    from pvepstore.pve import efidisk
+    vol, raw = efi_vm(fakepve, tmp_path, "efi-panic", storage=storage, fmt=fmt)
+    if fmt == "raw":
+        fakepve.set_active(vol.volid, False)  # as after the VM stopped: activated for the read, then not
+    runner = fakepve.lvm_runner()
+    monkeypatch.setattr(efidisk, "SubprocessRunner", lambda: runner)  # LVM commands answered by the fake
+    conf = str(fakepve.config_file())
+    run_cli("--config", conf, "provision", "100", "--backend", "efi_pstore")
+    before = fakepve.volume_bytes(vol.volid)
+    r = run_cli("--config", conf, "read", "100", "--json")
+    assert r.status == ExitStatus.SUCCESS, r.stderr
+    assert len(r.json["records"]) == 14  # 6.1's efi_pstore: one file per 1 KiB part of the panic dump
+    r = run_cli("--config", conf, "collect", "100", "--json")
+    assert r.status == ExitStatus.SUCCESS, (r.stdout, r.stderr)
+    assert r.json["verdict"] == "kernel_panic" and r.json["records"] == 14, r.json
+    assert fakepve.volume_bytes(vol.volid) == before  # cleared later, through the guest
+    left = state.load(fakepve.load_config(), 100).get("efi_clear")
+    assert len(left) == 14 and all(n.startswith("dmesg-efi-") for n in left)
+    r = run_cli("--config", conf, "read", "100", "--clear")
+    assert r.status == ExitStatus.USAGE and "only through the guest" in r.stderr
+    if fmt == "raw":
+        assert not fakepve.volumes[vol.volid].active and ("lvchange", "-ay") in [t[0][:2] for t in runner.transcript]
