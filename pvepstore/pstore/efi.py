@@ -241,9 +241,6 @@ def _record(v: EfiVariable, parsed, max_record: int, findings: list[Finding], bu
         findings.append(Finding(Severity.INFO, f"{type_name}-efi-{rid}: pstore type {ptype} is "
                                 "listed by the kernel but not by pvepstore", kind="efi", offset=v.offset))
         return None
-    if not budget.take(len(v.data), lambda m: findings.append(
-            Finding(Severity.WARNING, m, kind="efi", offset=v.offset))):
-        return None
     suffix, data = "", v.data
     if compressed and kind is Kind.DMESG:
         dec = decode_payload(v.data, True, min(3 * RECORD_SIZE, max_record))
@@ -253,6 +250,9 @@ def _record(v: EfiVariable, parsed, max_record: int, findings: list[Finding], bu
                                     "keeps the compressed bytes (.enc.z)", kind="efi", offset=v.offset))
     elif compressed:
         suffix = ".enc.z"     # decompress_record() only decompresses dmesg
+    if not budget.take(len(data), lambda m: findings.append(
+            Finding(Severity.WARNING, m, kind="efi", offset=v.offset))):
+        return None
     hdr = part_header(data) if kind is Kind.DMESG and not suffix else None
     reason = hdr[0] if hdr else None
     return Record(name=f"{type_name}-efi-{rid}{suffix}", kind=kind, backend=BACKEND, zone=part,

@@ -43,8 +43,8 @@ VAR_HEADER_VALID_ONLY = 0x7F
 FORMATTED = 0x5A
 HEALTHY = 0xFE
 # A vars file is 128 KiB (2M build) or 528 KiB (4M build); efidisk0 volumes round up to a few
-# MiB.  Anything claiming more is not an OVMF store, and would only cost memory.
-MAX_STORE_BYTES = 64 << 20
+# MiB (LVM/RBD extents).  Anything claiming more is not an OVMF store, and would only cost memory.
+MAX_STORE_BYTES = 16 << 20
 
 
 class VarState(str, Enum):

@@ -659,6 +659,8 @@ def write_readme():
             f"    {l}" for l in m["dmesg_pstore_lines"] if "ommand line" not in l) + "\n")
     text = README_HEAD + "\n".join(rows) + "\n\n## Descriptions and pstore dmesg lines of the reading boot\n\n" + "\n".join(details)
     (FIXTURES / "README.md").write_text(text)
+    from tests.kernel.efi_generate import update_readme   # the efi_pstore section (own generator)
+    update_readme()
 
 
 def smoke(log=print) -> dict:

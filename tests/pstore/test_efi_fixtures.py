@@ -114,3 +114,27 @@ def test_dump_names_as_the_kernel_scans_them():
     assert parse_dump_name("dump-type0-3-1796226240") == (0, 3, 0, 1796226240, False)  # old format
     assert parse_dump_name("dump-type0-x") is None
     assert generic_id(1796226240, 3, 1) == 179622624003001
+
+
+def test_store_fill_sequence():
+    """efi-fill: 40 Oops dumps into a fresh 4M store, then the next start (meta.json has each step)."""
+    fx = BY_NAME["efi-fill"]
+    res = read_efi(BytesSource(_image(fx)))
+    st = res.store
+    assert st.used_percent > 97 and st.pstore_variables == len(fx.kernel_view) == len(res.records)
+    parts: dict[int, set[int]] = {}
+    for rec in res.records:
+        parts.setdefault(rec.counter, set()).add(int(re.match(rb"\w+#\d+ Part(\d+)", rec.data)[1]))
+    boot1 = fx.meta["boots"][0]["store_after"]
+    boot2 = fx.meta["boots"][1]["store_after"]
+    # boot 1: 19 complete dumps of 14 parts fit, the 20th only partly, Oopses 21..40 not at all
+    assert boot1["pstore_variables"] == 277
+    # boot 2 (the next start): the firmware reclaimed every deleted byte, and its one Oops got
+    # only Part1..Part4 (the newest text, written first) into the space that freed
+    assert boot2["used_bytes"] == boot2["live_bytes"] and boot1["used_bytes"] > boot1["live_bytes"]
+    assert boot2["pstore_variables"] == 281 and fx.meta["boots"][1]["booted"]
+    before = set(fx.meta["boots"][1]["views"]["mount"]["files"])      # boot 2's mount: boot 1's dumps
+    assert len(before) == 277
+    new = [r for r in res.records if r.name not in before]
+    assert sorted(int(re.match(rb"\w+#\d+ Part(\d+)", r.data)[1]) for r in new) == [1, 2, 3, 4]
+    assert all(len(parts[c]) == 14 for c in range(2, 20))
