@@ -245,7 +245,8 @@ class EfiPstore(Backend):
         result = efidisk.parse(got)
         records = [r for r in result.records if not r.erased]
         label = "a snapshot of its efidisk0" if got.running else "its efidisk0 on the host"
-        return ReadResult(vmid, "efidisk", guest_records=records, host_label=label)
+        return ReadResult(vmid, "efidisk-snapshot" if got.running else "efidisk", guest_records=records,
+                          host_label=label)
 
 
 def store_line(cfg: "Config", result) -> str:

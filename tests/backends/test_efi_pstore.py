@@ -149,5 +149,43 @@ def test_collect_a_stopped_vm_from_efidisk0(fakepve, tmp_path, monkeypatch, stor
     assert len(left) == 14 and all(n.startswith("dmesg-efi-") for n in left)
     r = run_cli("--config", conf, "read", "100", "--clear")
     assert r.status == ExitStatus.USAGE and "only through the guest" in r.stderr
+    # running: `read --offline` takes a consistent snapshot on the host (never the lock, never a write)
+    fakepve.start_qemu(100)
     if fmt == "raw":
+        fakepve.set_active(vol.volid, True)  # QEMU holds the LV active
+    r = run_cli("--config", conf, "read", "100", "--offline", "--json")
+    assert r.status == ExitStatus.SUCCESS, r.stderr
+    assert r.json["source"] == "efidisk-snapshot" and len(r.json["records"]) == 14
+    assert fakepve.volume_bytes(vol.volid) == before
+    fakepve.stop_qemu(100)
+    if fmt == "raw":
+        fakepve.set_active(vol.volid, False)
         assert not fakepve.volumes[vol.volid].active and ("lvchange", "-ay") in [t[0][:2] for t in runner.transcript]
+
+
+@needs_efi
+def test_deferred_clear_at_the_next_guest_contact(fakepve, tmp_path):
+    """Records archived from a stopped VM's efidisk0 are unlinked through the guest later: only those
+    whose bytes the guest shows are the archived ones (the kernel's own files of the fixture)."""
+    from pvepstore.backends.efi_pstore import clear_pending
+    from pvepstore.guest.testing import Recorded, reply
+    from tests.guest.conftest import fake_guest
+
+    vol, raw = efi_vm(fakepve, tmp_path, "efi-panic")
+    cfg = fakepve.load_config()
+    h = EfidiskVm(100, {"vmid": 100}, cfg)
+    got = h.gather()
+    h.clear(got.records)
+    assert len(pending_clear(cfg, 100)) == 14
+    kernel = sorted((FIXTURES / "efi-panic" / "kernel").iterdir())
+    files = {p.name: p.read_bytes() for p in kernel if p.name.startswith("dmesg-efi-")}
+    assert set(files) == set(pending_clear(cfg, 100))
+    changed = sorted(files)[0]
+    items = [("rec", n, str(len(b + (b"x" if n == changed else b""))), "1795661798",
+              b + (b"x" if n == changed else b"")) for n, b in sorted(files.items())]
+    want = sorted(set(files) - {changed})
+    g, t = fake_guest(Recorded("records", 0, reply(("pstorefs", "pstore"), *items)),
+                      Recorded("clear", 0, reply(*[("cleared", n, "ok") for n in want])))
+    assert clear_pending(cfg, 100, g) == want
+    assert [a for a in t.calls[-1].args[::3]] == want  # the changed record is not unlinked
+    assert pending_clear(cfg, 100) == {changed: pending_clear(cfg, 100)[changed]}  # kept for later
