@@ -13,7 +13,7 @@ pstore stops at the first read that fails.  The file is ``<type>-efi-<id>``,
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .dump import decode_payload, part_header, reason_code
 from .efivars import MAX_STORE_BYTES, EfiVariable, VarState, VarStore, looks_like_varstore, parse_varstore
@@ -22,6 +22,12 @@ from .source import ByteSource
 
 EFI_PSTORE_GUID = "cfc8fc79-be2e-4ddc-97f0-9f98bfe298a0"
 BACKEND = "efi"
+# efi_pstore_info.name: "efi" up to 6.1, KBUILD_MODNAME "efi_pstore" from 6.2 (commit 893c5f1de620,
+# "efi: pstore: Follow convention for the efi-pstore backend name"): the file names change.
+NAME_UNTIL_6_1 = "efi"
+NAME_FROM_6_2 = "efi_pstore"
+# "CPU: 0 PID: 76 Comm: sh Tainted: G OE 6.1.0-57-amd64 #1" / "Not tainted 6.12.9+bpo-amd64"
+_RELEASE = re.compile(rb"(?:Not tainted|Tainted: [A-Z ]{1,40}?|Linux version) (\d{1,3})\.(\d{1,3})[.\-+ ]")
 RECORD_SIZE = 1024           # efi_pstore's EFIVARS_DATA_SIZE_MAX (6.1) / record_size default (6.2+)
 STOP_LOOP = 65536            # pstore_get_backend_records(): reads per mount at most
 EFI_VARIABLE_RUNTIME_ACCESS = 0x4
@@ -156,12 +162,24 @@ def firmware_enumeration(variables: list[EfiVariable]) -> tuple[list[EfiVariable
         pos = first_added.get(key, last_trans.get(key, pos)) + 1
 
 
+def backend_name_for(records: list[Record]) -> str | None:
+    """The pstore backend name of the kernel that wrote these records, from the release in an
+    Oops/panic text ("... Tainted: G OE 6.1.0-57-amd64"); None when no text says it."""
+    for rec in records:
+        m = _RELEASE.search(rec.data[:1 << 16])
+        if m:
+            return NAME_FROM_6_2 if (int(m[1]), int(m[2])) >= (6, 2) else NAME_UNTIL_6_1
+    return None
+
+
 def read_efi(src: ByteSource, *, forensic: bool = False, options=None,
-             record_size: int = RECORD_SIZE) -> EfiResult:
+             record_size: int = RECORD_SIZE, backend_name: str | None = None) -> EfiResult:
     """Parse an OVMF vars file (efidisk0) into the kernel's efi_pstore records.
 
     ``forensic``: also the deleted / shadowed crash variables, flagged ``erased`` (never part of
     the kernel's view).  ``options``: a ReadOptions (max_record_bytes, max_image_bytes).
+    ``backend_name``: "efi" (kernels <= 6.1) or "efi_pstore" (>= 6.2) in the file names; None:
+    from the kernel release the records' texts name, else "efi".
     """
     max_record = getattr(options, "max_record_bytes", MAX_RECORD_BYTES)
     budget = ImageBudget(getattr(options, "max_image_bytes", MAX_IMAGE_BYTES))
@@ -217,8 +235,16 @@ def read_efi(src: ByteSource, *, forensic: bool = False, options=None,
             if rec is not None:
                 result.records.append(rec)
     findings.extend(budget.findings())
+    name = backend_name or backend_name_for(result.records) or NAME_UNTIL_6_1
+    if name != NAME_UNTIL_6_1:
+        result.records = [_renamed(r, name) for r in result.records]
     result.bytes_read = src.bytes_read
     return result
+
+
+def _renamed(rec: Record, name: str) -> Record:
+    kind, _, rest = rec.name.partition(f"-{NAME_UNTIL_6_1}-")
+    return replace(rec, name=f"{kind}-{name}-{rest}")
 
 
 def _aligned(v: EfiVariable) -> int:

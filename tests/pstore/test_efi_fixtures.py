@@ -138,3 +138,19 @@ def test_store_fill_sequence():
     new = [r for r in res.records if r.name not in before]
     assert sorted(int(re.match(rb"\w+#\d+ Part(\d+)", r.data)[1]) for r in new) == [1, 2, 3, 4]
     assert all(len(parts[c]) == 14 for c in range(2, 20))
+
+
+def test_backend_name_follows_the_writing_kernel():
+    """6.1 names the files dmesg-efi-<id>; 6.2+ (efi_pstore_info.name = KBUILD_MODNAME)
+    dmesg-efi_pstore-<id>.  The release comes from the records' own Oops/panic text."""
+    from pvepstore.pstore.efi import backend_name_for
+    fx = BY_NAME["efi-oops"]
+    res = read_efi(BytesSource(_image(fx)))
+    assert backend_name_for(res.records) == "efi"
+    assert any(b"Tainted: G" in r.data and b"6.1.0-57-amd64" in r.data for r in res.records)
+    newer = read_efi(BytesSource(_image(fx)), backend_name="efi_pstore")
+    assert sorted(r.name for r in newer.records) == sorted(
+        n.replace("dmesg-efi-", "dmesg-efi_pstore-") for n in fx.kernel_view)
+    from dataclasses import replace
+    fake = [replace(res.records[0], data=b"Oops#1 Part2\nCPU: 0 PID: 9 Comm: sh Not tainted 6.12.9-amd64 #1\n")]
+    assert backend_name_for(fake) == "efi_pstore"
