@@ -193,9 +193,12 @@ class EfiPstore(Backend):
         return provision_efi(ctx, vmid, opts)
 
     def pve_undo(self, ctx: "Context", vmid: int, res: "UnprovisionResult", *, delete_disk: bool) -> None:
-        if delete_disk:
-            raise UsageError("efi_pstore has no disk of its own: efidisk0 is the VM's and is never deleted",
-                             hint="drop --delete-disk")
+        # provision changed nothing in the VM's config; efidisk0 is the VM's own (its NVRAM, boot entries)
+        res.changes.append("nothing to take back (efidisk0 is the VM's and stays"
+                           + (", --delete-disk does not apply)" if delete_disk else ")"))
+        if pending_clear(ctx.cfg, vmid):
+            res.problems.append(f"{len(pending_clear(ctx.cfg, vmid))} archived efi records were not cleared from "
+                                "the guest yet: they stay in efidisk0 (rm /sys/fs/pstore/dmesg-efi-* in the guest)")
 
     def kept_state(self, rec: dict) -> dict:
         return {"backend": self.name, "efidisk": rec.get("efidisk")}

@@ -189,3 +189,15 @@ def test_deferred_clear_at_the_next_guest_contact(fakepve, tmp_path):
     assert clear_pending(cfg, 100, g) == want
     assert [a for a in t.calls[-1].args[::3]] == want  # the changed record is not unlinked
     assert pending_clear(cfg, 100) == {changed: pending_clear(cfg, 100)[changed]}  # kept for later
+
+
+@needs_efi
+def test_unprovision_changes_nothing_in_the_vm_config(fakepve, tmp_path):
+    efi_vm(fakepve, tmp_path, "efi-oops")
+    conf = str(fakepve.config_file(vms={100: {"backend": "efi_pstore"}}))
+    run_cli("--config", conf, "provision", "100", "--backend", "efi_pstore")
+    state.update(fakepve.load_config(), 100, efi_clear={"dmesg-efi-1": "00"})
+    r = run_cli("--config", conf, "unprovision", "100", "--delete-disk", "--json")
+    assert "nothing to take back (efidisk0 is the VM's and stays" in str(r.json["proxmox"]), r.json
+    assert any("not cleared from the guest yet" in p for p in r.json["problems"])
+    assert not fakepve.writes() and "efidisk0" in fakepve.vms[100].config
