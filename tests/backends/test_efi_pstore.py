@@ -201,3 +201,42 @@ def test_unprovision_changes_nothing_in_the_vm_config(fakepve, tmp_path):
     assert "nothing to take back (efidisk0 is the VM's and stays" in str(r.json["proxmox"]), r.json
     assert any("not cleared from the guest yet" in p for p in r.json["problems"])
     assert not fakepve.writes() and "efidisk0" in fakepve.vms[100].config
+
+
+@needs_efi
+def test_provision_a_running_uefi_guest(fakepve, tmp_path, monkeypatch):
+    """Dry run, then for real: the guest (recorded-command double of a stock Debian 12 UEFI guest) gets
+    the plan, the VM's config is never written, verify passes on the configured guest."""
+    from contextlib import contextmanager
+
+    from pvepstore.guest.testing import Recorded, reply
+    from pvepstore.pipeline import provision as prov
+    from tests.guest.conftest import fake_guest, plan_for, probe_reply
+    from tests.guest.test_efi_wishes import efi_state_after
+    from tests.guest.test_efi_wishes import probe as efi_probe
+    from tests.pipeline.test_provision import IPCONFIG
+
+    vol, _ = efi_vm(fakepve, tmp_path, "efi-oops", **IPCONFIG)
+    fakepve.start_qemu(100)
+    fakepve.vms[100].running = True
+    g0, _ = fake_guest(probe_reply(backend="efi", efi=True, disk=False))
+    applied = plan_for(g0, efi_probe(g0))  # what the guest looks like once the plan ran
+    scripts = [probe_reply(backend="efi", efi=True, disk=False),  # dry run: probe only
+               probe_reply(backend="efi", efi=True, disk=False), Recorded("apply", 0, reply(end=True)),
+               efi_state_after([applied])]  # verify
+    guest, transport = fake_guest(*scripts)
+
+    @contextmanager
+    def connect(target):
+        yield guest
+    monkeypatch.setattr(prov, "default_guest_connect", connect)
+    monkeypatch.setattr(prov, "guest_target", lambda ssh, host, vmid: SimpleNamespace(host=host, where=f"VM {vmid}"))
+    conf = str(fakepve.config_file())
+    r = run_cli("--config", conf, "provision", "100", "--backend", "efi_pstore", "--dry-run")
+    assert r.status == ExitStatus.SUCCESS, (r.stdout, r.stderr)
+    assert "efidisk0" in r.stdout and not state.provision_record(fakepve.load_config(), 100)
+    r = run_cli("--config", conf, "provision", "100", "--backend", "efi_pstore", "--json")
+    assert r.status == ExitStatus.SUCCESS, (r.stdout, r.stderr)
+    assert r.json["verify"]["ok"] and r.json["efidisk"]["volid"] == vol.volid, r.json
+    assert [c.name for c in transport.calls] == ["probe", "probe", "apply", "probe"]
+    assert not fakepve.writes()
