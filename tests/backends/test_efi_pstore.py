@@ -240,3 +240,26 @@ def test_provision_a_running_uefi_guest(fakepve, tmp_path, monkeypatch):
     assert r.json["verify"]["ok"] and r.json["efidisk"]["volid"] == vol.volid, r.json
     assert [c.name for c in transport.calls] == ["probe", "probe", "apply", "probe"]
     assert not fakepve.writes()
+
+
+@needs_efi
+def test_sweep_of_the_running_vm_clears_what_was_archived_while_it_was_off(fakepve, tmp_path):
+    from pvepstore.backends.efi_pstore import EfiGuestVm
+    from pvepstore.guest.testing import Recorded, reply
+    from tests.guest.conftest import fake_guest
+
+    efi_vm(fakepve, tmp_path, "efi-panic")
+    cfg = fakepve.load_config()
+    off = EfidiskVm(100, {"vmid": 100}, cfg)
+    off.clear(off.gather().records)  # archived from efidisk0 while off
+    files = {p.name: p.read_bytes() for p in sorted((FIXTURES / "efi-panic" / "kernel").iterdir())
+             if p.name.startswith("dmesg-efi-")}
+    items = [("rec", n, str(len(b)), "1795661798", b) for n, b in sorted(files.items())]
+    g, t = fake_guest(Recorded("records", 0, reply(("pstorefs", "pstore"), *items)),
+                      Recorded("clear", 0, reply(*[("cleared", n, "ok") for n in sorted(files)])),
+                      Recorded("records", 0, reply(("pstorefs", "pstore"))),  # nothing new since
+                      Recorded("history", 0, reply(("boot_id", "b2"), ("uptime", "12.5"))))
+    h = EfiGuestVm(100, {"vmid": 100}, g, cfg=cfg)
+    got = h.gather()
+    assert got.records == [] and pending_clear(cfg, 100) == {}
+    assert [c.name for c in t.calls] == ["records", "clear", "records", "history"]
