@@ -38,6 +38,7 @@ from .vmconfig import parse_drive
 
 KEY = "efidisk0"
 MAX_FILE_BYTES = 64 << 20  # an efidisk is 128 KiB..4 MiB (+ qcow2 metadata); anything larger is refused
+MAX_VIRTUAL_BYTES = 16 << 20  # a qcow2 efidisk's guest view (PVE makes 128K/528K/4M ones)
 SNAPSHOT_TRIES = 5
 
 
@@ -133,7 +134,7 @@ def snapshot(read: Callable[[], bytes], *, tries: int = SNAPSHOT_TRIES, pause: f
 def guest_view(data: bytes, disk: EfiDisk, name: str) -> bytes:
     """The bytes the firmware sees (a qcow2 file translated; raw as is)."""
     if data[:4] == QCOW2_MAGIC:
-        return Qcow2Source(BytesSource(data, name=name)).read_all()
+        return Qcow2Source(BytesSource(data, name=name), max_size=MAX_VIRTUAL_BYTES).read_all()
     if disk.format == "qcow2":
         raise InputError(f"{name}: efidisk0 says format=qcow2 but the file has no qcow2 header")
     return data

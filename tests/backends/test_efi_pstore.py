@@ -79,6 +79,8 @@ def efi_vm(fake, tmp_path, fixture="efi-panic", storage="local", fmt="qcow2", vm
     else:
         fake.place_image(vol.volid, raw)
         if fake.storages[storage]["type"] in ("lvm", "lvmthin"):
+            with open(vol.backing, "r+b") as f:  # PVE's LVM efidisks are 4 MiB LVs: the vars file, then zeros
+                f.truncate(4 << 20)
             fake.set_active(vol.volid, True)
     fake.set_config(vmid, efidisk0=f"{vol.volid},efitype=4m,pre-enrolled-keys=1,size=528K")
     return vol, raw
