@@ -81,6 +81,15 @@ def test_refuses_a_backing_file(tmp_path):
         Qcow2Source(f)
 
 
+@pytest.mark.parametrize("method", [1, 2])
+def test_refuses_an_encryption_method_in_a_real_header(tmp_path, method):
+    """qemu-img's luks needs a CPU-time benchmark that fails under load: the field itself, deterministic."""
+    img = bytearray(_convert(_raw(tmp_path), tmp_path / "p.qcow2").read_bytes())
+    img[32:36] = method.to_bytes(4, "big")  # crypt_method: 1 AES, 2 LUKS
+    with pytest.raises(InputError, match=f"encrypted \\(method {method}\\)"):
+        Qcow2Source(BytesSource(bytes(img)))
+
+
 def test_refuses_encryption(tmp_path):
     out = tmp_path / "e.qcow2"
     r = subprocess.run([QEMU_IMG, "create", "-f", "qcow2", "--object", "secret,id=s0,data=pw",
