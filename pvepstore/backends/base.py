@@ -15,6 +15,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
+from ..errors import UsageError
+
 if TYPE_CHECKING:
     from ..config import Config
     from ..pipeline.provision import Context, UnprovisionResult, VmStatus
@@ -125,9 +127,25 @@ class Backend(ABC):
         """The guest's probe report, assessed by this backend's guest rules."""
         return guest.probe(serial=serial, disk_bytes=disk_bytes, assess=self.guest_rules.assess)
 
+    def guest_settings(self, report, cfg: "Config"):
+        """This backend's guest settings for the probed guest (the rules' defaults unless overridden)."""
+        return self.guest_rules.settings(report)
+
+    def plan(self, guest, report, cfg: "Config", *, remove_legacy: bool = False):
+        """The guest plan that gives the probed guest what this backend wants (nothing is changed)."""
+        try:
+            wishes = self.guest_rules.wishes(report, self.guest_settings(report, cfg))
+        except ValueError as exc:  # settings the guest cannot take (the config was checked already)
+            raise UsageError(str(exc)) from None
+        return guest.plan(report, wishes=wishes, remove_legacy=remove_legacy)
+
     def verify(self, guest, serial: str):
         """This backend's guest configuration checked against the live state."""
         return guest.verify(serial=serial, assess=self.guest_rules.assess, check=self.guest_rules.verify)
+
+    def verify_report(self, report):
+        """:meth:`verify` on a probe already made (its facts; assessed here for this backend)."""
+        return self.guest_rules.verify(self.guest_rules.assess(report))
 
     # -- the Proxmox side -----------------------------------------------------------------------
     @abstractmethod

@@ -170,8 +170,9 @@ def _restore_file(path: Path, before: bytes | None) -> str:
     return f"restored {path}"
 
 
-def _plan(guest, report):
-    return guest.plan(report, wishes=ramoops_wishes.wishes(report, ramoops_wishes.settings(report)))
+def _plan(guest, report, cfg):
+    from .registry import BackendName, get
+    return get(BackendName.IVSHMEM).plan(guest, report, cfg)
 
 
 def provision_ivshmem(ctx: Context, vmid: int, *, dry_run: bool = False, restart: bool = False,
@@ -239,7 +240,7 @@ def provision_ivshmem(ctx: Context, vmid: int, *, dry_run: bool = False, restart
                 target = ctx.make_target(vm_cfg.ssh, res.address.host, vmid)
                 guest = stack.enter_context(ctx.guest_connect(target))
                 res.probe = guest.probe(serial=vm_cfg.disk.serial, disk_bytes=None, assess=ramoops_wishes.assess)
-                plan = _plan(guest, res.probe)
+                plan = _plan(guest, res.probe, cfg)
                 refuse_blocked(plan, _where(guest, vmid))
             # -- the writes: the hookscript file first (PVE checks that it exists), then one config POST
             if dry_run:
@@ -296,7 +297,7 @@ def provision_ivshmem(ctx: Context, vmid: int, *, dry_run: bool = False, restart
                 _wait_new_boot(ctx, vmid, target, "")
                 guest = stack.enter_context(ctx.guest_connect(target))
                 res.probe = guest.probe(serial=vm_cfg.disk.serial, disk_bytes=None, assess=ramoops_wishes.assess)
-                plan = _plan(guest, res.probe)
+                plan = _plan(guest, res.probe, cfg)
             if res.running and getattr(res.probe, "ivshmem", None) is None:
                 res.device_pending = True  # the guest is the authority on what the running QEMU has
             res.plan = list(plan.describe())

@@ -114,15 +114,17 @@ def provision_disk(ctx: "Context", vmid: int, opts: ProvisionOptions) -> DiskPro
         res.address = resolve_address(api, node, vmid, vm_cfg.ssh, config)
         target = ctx.make_target(vm_cfg.ssh, res.address.host, vmid)
         with ctx.guest_connect(target) as guest:  # unreachable, host key unknown or wrong: nothing written
-            res.probe = BACKEND.probe(guest, vm_cfg.disk.serial, vm_cfg.disk.size_mib << 20)
-            plan = guest.plan(res.probe, kmsg_size=cfg.pstore_blk.kmsg_size, max_reason=cfg.pstore_blk.max_reason)
+            # a disk this run attaches (or attached, pending a start) is not there yet: that is no blocker
+            attaching = dplan.done is None or dplan.done.pending
+            assess = blk_wishes.assess_for_attach if attaching else blk_wishes.assess
+            res.probe = guest.probe(serial=vm_cfg.disk.serial, disk_bytes=vm_cfg.disk.size_mib << 20, assess=assess)
+            plan = BACKEND.plan(guest, res.probe, cfg)
             refuse_blocked(plan, _where(guest, vmid))
             _attach(ctx, vmid, node, dplan, res, blk, journal)
             if journal.steps and not res.disk.pending:
                 # the guest sees the new disk now: plan from what it sees
                 res.probe = BACKEND.probe(guest, vm_cfg.disk.serial, vm_cfg.disk.size_mib << 20)
-                plan = guest.plan(res.probe, kmsg_size=cfg.pstore_blk.kmsg_size,
-                                  max_reason=cfg.pstore_blk.max_reason)
+                plan = BACKEND.plan(guest, res.probe, cfg)
                 refuse_blocked(plan, _where(guest, vmid))
             res.plan = list(plan.describe())
             try:
@@ -196,6 +198,9 @@ class PstoreBlk(Backend):
     proxmox_side = "attaches one disk (disk.size_mib, default 512 MiB; serial pvepstore)"
     stopped_records = "the disk's volume on the host, under PVE's lock"
     guest_rules = blk_wishes
+
+    def guest_settings(self, report, cfg: "Config"):
+        return blk_wishes.settings(report, kmsg_size=cfg.pstore_blk.kmsg_size, max_reason=cfg.pstore_blk.max_reason)
 
     def provision(self, ctx: "Context", vmid: int, opts: ProvisionOptions) -> DiskProvisionResult:
         return provision_disk(ctx, vmid, opts)

@@ -60,5 +60,14 @@ def unregister(name: str) -> None:
     _LOADED.pop(name, None)
 
 
+def for_manifest(manifest: dict | None, *, default: str) -> "Backend":
+    """The backend a guest's manifest was written for; ``default`` (the configured one) for a guest
+    pvepstore has not configured or a name this version does not know."""
+    from ..guest.manifest import manifest_backend  # guest is below backends: no cycle at import time
+
+    name = manifest_backend(manifest)
+    return get(name if name in names() else default)
+
+
 def all_backends() -> list["Backend"]:
     return [get(n) for n in names()]

@@ -79,9 +79,9 @@ def probe_cmd(ctx: typer.Context, vmid: int = _VMID, host: Optional[str] = _HOST
 
 def _make_plan(g, cfg, vm, remove_legacy):
     # assessed for the VM's configured backend (vms.<id>.backend)
-    report = registry.get(vm.backend).probe(g, vm.disk.serial, vm.disk.size_mib << 20)
-    return report, g.plan(report, kmsg_size=cfg.pstore_blk.kmsg_size, max_reason=cfg.pstore_blk.max_reason,
-                          remove_legacy=remove_legacy)
+    backend = registry.get(vm.backend)
+    report = backend.probe(g, vm.disk.serial, vm.disk.size_mib << 20)
+    return report, backend.plan(g, report, cfg, remove_legacy=remove_legacy)
 
 
 @guest_app.command("plan")
@@ -102,7 +102,7 @@ def plan_cmd(ctx: typer.Context, vmid: int = _VMID, host: Optional[str] = _HOST,
 def apply_cmd(ctx: typer.Context, vmid: int = _VMID, host: Optional[str] = _HOST, port: Optional[int] = _PORT,
               user: Optional[str] = _USER, as_json: bool = _JSON, dry_run: bool = _DRY,
               remove_legacy: bool = _LEGACY) -> None:
-    """Configure pstore_blk (idempotent; every change backed up and listed in a manifest on the guest)."""
+    """Configure the VM's backend in the guest (idempotent; every change backed up and listed in a manifest)."""
     env, cfg, vm, target = _setup(ctx, vmid, host, port, user)
     with connect(target) as g:
         _, plan = _make_plan(g, cfg, vm, remove_legacy)
@@ -122,11 +122,12 @@ def apply_cmd(ctx: typer.Context, vmid: int = _VMID, host: Optional[str] = _HOST
 @guest_app.command("verify")
 def verify_cmd(ctx: typer.Context, vmid: int = _VMID, host: Optional[str] = _HOST, port: Optional[int] = _PORT,
                user: Optional[str] = _USER, as_json: bool = _JSON) -> None:
-    """Check that pstore_blk is the backend, with pvepstore's parameters, on the pstore disk."""
+    """Check that the guest's backend is registered with pvepstore's parameters (the manifest says which)."""
     env, cfg, vm, target = _setup(ctx, vmid, host, port, user)
     with connect(target) as g:
         # the guest's manifest says which backend is verified (the configured one without a manifest)
-        result = g.verify(serial=vm.disk.serial, assess=registry.get(vm.backend).guest_rules.assess)
+        report = g.probe(serial=vm.disk.serial, disk_bytes=None)
+        result = registry.for_manifest(report.manifest, default=vm.backend).verify_report(report)
     if as_json:
         _dump(env, result.to_json())
     else:

@@ -2,13 +2,15 @@
 
 ::
 
+    from pvepstore.backends import registry
     from pvepstore.guest import GuestTarget, connect
+    backend = registry.get("pstore_blk")
     target = GuestTarget.from_config(vm_cfg.ssh, host="192.0.2.10")
     with connect(target) as guest:
-        report = guest.probe(serial="pvepstore", disk_bytes=512 << 20)
-        plan = guest.plan(report, kmsg_size=64, max_reason=2)
+        report = backend.probe(guest, "pvepstore", 512 << 20)   # guest.probe(assess=...)
+        plan = backend.plan(guest, report, cfg)                 # guest.plan(report, wishes=...)
         guest.apply(plan, dry_run=False)
-        result = guest.verify(serial="pvepstore")
+        result = backend.verify(guest, "pvepstore")             # guest.verify(assess=..., check=...)
         recs = guest.read_records(max_bytes=4 << 20)
         guest.clear([r.name for r in recs])   # only after they are archived
         guest.undo(dry_run=False)
@@ -19,10 +21,9 @@ except ``undo`` (probe + change).
 Layout: ``probe`` (the facts) -> a backend's guest rules (``blk_wishes``, ``ramoops_wishes``,
 shared ``rules``: capabilities, problems, costs, the :class:`~.plan.GuestWishes` it wants,
 verify) -> ``plan`` (the generic engine: files, units, manifest, undo) -> ``session``
-(``Guest``: one command each).  A backend's functions are passed in
-(``guest.probe(assess=blk_wishes.assess)``, ``guest.plan(report, wishes=...)``,
-``guest.verify(check=blk_wishes.verify)``); ``backend="pstore_blk"|"ivshmem"`` still works
-through the one name mapping in ``setup``.
+(``Guest``: one command each).  This package knows no backend names: a backend's functions
+are passed in, and :mod:`pvepstore.backends` (the registry) is the one place that maps a name
+to them.
 """
 
 from __future__ import annotations

@@ -116,7 +116,9 @@ def wishes(r: ProbeReport, s: Settings) -> GuestWishes:
             w.actions.append(run("wipe-disk", "zero stale bytes of an earlier owner (first use; serial, size, "
                                  "signature and mounts re-checked)", arg=r.serial, arg2=str(d.size)))
     # activate now when the slot is free; otherwise at the next boot
-    if r.backend is None:
+    if r.backend is None and (d is None or not d.present):
+        w.reboot_required = True  # the disk comes at the next start: the boot unit attaches it then
+    elif r.backend is None:
         w.actions.append(run("load-module", "attach pstore_blk now"))
     elif r.backend == MODULE and not params_match(r, s):
         w.actions.append(run("reload-module", "pstore_blk runs with other parameters"))
@@ -208,6 +210,18 @@ def _problems(r: ProbeReport, add: rules.Add) -> None:
 def assess(r: ProbeReport) -> ProbeReport:
     return rules.assess(r, target=TARGET, configured=configured, capabilities=capabilities, problems=problems,
                         costs=costs)
+
+
+def assess_for_attach(r: ProbeReport) -> ProbeReport:
+    """:func:`assess` for a guest whose pstore disk provision attaches (or has attached, pending the
+    VM's next start): its absence is what provision fixes, not a reason to refuse the guest."""
+    r = assess(r)
+    if r.disk is None or not r.disk.present:
+        r.problems = [Problem("disk-coming", "fix", f"{r.by_id} does not exist yet",
+                              "provision attaches the disk (hot-plug, or at the VM's next start); the boot "
+                              "unit loads pstore_blk once it is there") if p.code == "disk-missing" else p
+                      for p in r.problems]
+    return r
 
 
 def _checks(r: ProbeReport, s: dict, add: rules.CheckAdd) -> None:

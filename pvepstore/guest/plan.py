@@ -65,6 +65,10 @@ class GuestWishes:
 
 def make_plan(r: ProbeReport, wishes: GuestWishes, *, remove_legacy: bool = False, now: str | None = None) -> Plan:
     """The changes that make the probed guest what ``wishes`` want (blocked: none, and why)."""
+    if r.target != wishes.backend:
+        # the report's blockers are another backend's (or, unassessed, nobody's): never plan past them
+        raise ValueError(f"the probe was assessed for the {r.target or 'no'} backend, not {wishes.backend}: "
+                         "probe again")
     plan = Plan("apply", settings=wishes.settings, backend=wishes.backend, module=wishes.module,
                 cold_start_note=wishes.cold_start_note)
     plan.blockers = list(r.blockers)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Callable
 
 from .changes import VerifyResult
-from .probe import Capability, Problem, ProbeReport
+from .probe import KMOD_EFI, Capability, Problem, ProbeReport
 from .scripts import MANIFEST
 
 Add = Callable[..., None]  # add(code, severity, message, fix="")
@@ -92,7 +92,7 @@ def registration_problems(r: ProbeReport, add: Add, *, module_present: bool, our
 
 def common_problems(r: ProbeReport, add: Add, *, oops_must_not_panic: bool = False) -> None:
     """``oops_must_not_panic``: the backend loses Oopses that panic_on_oops turns into panics."""
-    if r.efi_pstore_available and "efi_pstore" in r.builtin_modules and not r.efi_pstore_disabled:
+    if r.efi_pstore_available and KMOD_EFI in r.builtin_modules and not r.efi_pstore_disabled:
         add("efi-pstore-builtin", "warning", "efi_pstore is built into this kernel: modprobe.d cannot keep it "
             "out of pstore's slot", "add efi_pstore.pstore_disable=1 to the kernel command line")
     sp = r.systemd_pstore
@@ -120,9 +120,11 @@ def common_problems(r: ProbeReport, add: Add, *, oops_must_not_panic: bool = Fal
 
 
 def verify_with(r: ProbeReport, specific: Callable[[ProbeReport, dict, CheckAdd], None], *, boot_link: str,
-                service: dict[str, str], service_name: str) -> VerifyResult:
+                service: dict[str, str], service_name: str, efi_kept_out: bool = True) -> VerifyResult:
     """verify: the manifest, the backend's checks (``specific`` with the manifest's settings), then
-    the checks every backend shares; ``boot_link`` is the unit's enable link, ``service`` its state."""
+    the checks every backend shares; ``boot_link`` is the unit's enable link, ``service`` its state.
+    ``efi_kept_out``: the backend competes with efi_pstore for pstore's slot, so efi_pstore must be
+    kept out of it (False for efi_pstore itself, which is that slot's holder)."""
     m = r.manifest or {}
     s = m.get("settings", {})
     checks: list[tuple[str, bool, str]] = []
@@ -134,9 +136,10 @@ def verify_with(r: ProbeReport, specific: Callable[[ProbeReport, dict, CheckAdd]
     keeps = not sp.get("present") or sp.get("enabled") == "masked" or not sp.get("unlink") \
         or sp.get("storage") == "none"
     add("systemd-pstore keeps records", keeps, f"Unlink={'yes' if sp.get('unlink') else 'no'}")
-    add("efi_pstore kept out", r.efi_pstore_kept_out,
-        "cannot take the backend slot at the next boot" if r.efi_pstore_kept_out
-        else "efi_pstore can take the backend slot at the next boot")
+    if efi_kept_out:
+        add("efi_pstore kept out", r.efi_pstore_kept_out,
+            "cannot take the backend slot at the next boot" if r.efi_pstore_kept_out
+            else "efi_pstore can take the backend slot at the next boot")
     for e in m.get("files", []):
         cur = r.files.get(e["path"])
         cur_sha = cur.sha256 if cur else "-"

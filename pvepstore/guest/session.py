@@ -9,7 +9,6 @@ from typing import Callable, Iterable, Iterator
 from ..config import SERIAL_RE
 from ..errors import GuestError, UsageError
 from . import scripts, wire
-from . import setup
 from .changes import ApplyResult, Plan, VerifyResult
 from .plan import GuestWishes, make_plan, make_undo_plan
 from .probe import ProbeReport, build_report
@@ -43,37 +42,23 @@ class Guest:
         return res, wire.parse(res.stdout)
 
     # -- probe / plan / apply / verify / undo ---------------------------------------
-    def probe(self, serial: str = "pvepstore", disk_bytes: int | None = 512 << 20,
-              backend: str | None = None, *,
+    def probe(self, serial: str = "pvepstore", disk_bytes: int | None = 512 << 20, *,
               assess: Callable[[ProbeReport], ProbeReport] | None = None) -> ProbeReport:
         """Everything pvepstore needs to know about the guest -- one command.
 
-        ``assess`` (a backend's, e.g. ``blk_wishes.assess``) adds the verdict for that backend;
-        ``backend`` names one instead (compatibility, :mod:`pvepstore.guest.setup`; default pstore_blk).
+        The facts only, unless ``assess`` (a backend's, e.g. ``blk_wishes.assess``; see
+        :meth:`pvepstore.backends.base.Backend.probe`) adds the verdict for that backend.
         """
         if not SERIAL_RE.match(serial):
             raise UsageError(f"invalid disk serial {serial!r}", hint="1-20 characters of A-Z a-z 0-9 _ -")
-        if assess is None:
-            assess = self._named(backend or setup.NAMES[0]).assess
         _, reply = self._run("probe", scripts.PROBE, [serial, PROBE_FILE_CAP], max_out=4 << 20)
-        return assess(build_report(reply, serial, disk_bytes))
+        report = build_report(reply, serial, disk_bytes)
+        return assess(report) if assess is not None else report
 
-    @staticmethod
-    def _named(backend: str):
-        try:
-            return setup.by_name(backend)
-        except ValueError:
-            raise UsageError(f"unknown backend {backend!r}", hint=" or ".join(setup.NAMES)) from None
-
-    def plan(self, report: ProbeReport, kmsg_size: int = 64, max_reason: int | None = None, *,
-             remove_legacy: bool = False, wishes: GuestWishes | None = None) -> Plan:
-        """What apply would change (no remote command): for ``wishes`` (a backend's), or else for the
-        backend the report was assessed for, with these options."""
+    def plan(self, report: ProbeReport, *, wishes: GuestWishes, remove_legacy: bool = False) -> Plan:
+        """What apply would change to give the guest a backend's ``wishes`` (no remote command)."""
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         try:
-            if wishes is None:
-                return setup.make_plan(report, kmsg_size=kmsg_size, max_reason=max_reason,
-                                       remove_legacy=remove_legacy, now=now)
             return make_plan(report, wishes, remove_legacy=remove_legacy, now=now)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
@@ -97,16 +82,11 @@ class Guest:
     def undo_plan(self, report: ProbeReport) -> Plan:
         return make_undo_plan(report)
 
-    def verify(self, serial: str = "pvepstore", backend: str | None = None, *,
-               assess: Callable[[ProbeReport], ProbeReport] | None = None,
-               check: Callable[[ProbeReport], VerifyResult] | None = None) -> VerifyResult:
-        """Is the configured backend registered with pvepstore's parameters (one command)?
-
-        ``check`` is a backend's verify (e.g. ``blk_wishes.verify``); without it the backend the
-        guest's manifest names is verified (compatibility, :mod:`pvepstore.guest.setup`).
-        """
-        report = self.probe(serial=serial, disk_bytes=None, backend=backend, assess=assess)
-        return check(report) if check is not None else setup.verify_report(report)
+    def verify(self, serial: str = "pvepstore", *, assess: Callable[[ProbeReport], ProbeReport],
+               check: Callable[[ProbeReport], VerifyResult]) -> VerifyResult:
+        """Is a backend registered with pvepstore's parameters (one command)?  ``assess`` and
+        ``check`` are the backend's (e.g. ``blk_wishes.assess``/``blk_wishes.verify``)."""
+        return check(self.probe(serial=serial, disk_bytes=None, assess=assess))
 
     def _change(self, plan: Plan, dry_run: bool) -> ApplyResult:
         if dry_run or plan.empty:

@@ -5,6 +5,7 @@ and provision, status, collect and unprovision run it against the fake PVE and t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import pytest
 
@@ -12,6 +13,9 @@ from pvepstore.backends import registry
 from pvepstore.backends.base import Backend, ProvisionOptions, ProvisionResult, PveSummary
 from pvepstore.cli import ExitStatus
 from pvepstore.errors import UsageError
+from pvepstore.guest import rules
+from pvepstore.guest.plan import GuestWishes, WantedFile
+from pvepstore.guest.probe import Capability
 from pvepstore.pipeline.collect import Gathered
 from pvepstore.pipeline.handles import not_provisioned_error
 from pvepstore.pstore.files import record_from_file
@@ -24,6 +28,20 @@ from tests.pipeline.test_provision import IPCONFIG
 
 NAME = "nullpve"
 OOPS = b"Oops#1 Part1\n<4>[   12.000000] BUG: kernel NULL pointer dereference, address: 0000000000000000\n"
+
+
+def _null_assess(r):
+    return rules.assess(r, target=NAME, configured=lambda r: False,
+                        capabilities=lambda r: {"oops": Capability("yes", "a test double keeps Oopses")},
+                        problems=lambda r: rules.problems_with(r, lambda r, add: None), costs=lambda r: [])
+
+
+# The backend's guest rules, as a rule module has them (assess, settings, wishes, verify)
+NULL_RULES = SimpleNamespace(
+    assess=_null_assess, settings=lambda r: {"backend": NAME},
+    wishes=lambda r, s: GuestWishes(backend=NAME, settings=dict(s), module=NAME,
+                                    files=(WantedFile(f"/etc/pvepstore/{NAME}.conf", b"on\n", reason="test"),)),
+    verify=lambda r: None)
 
 
 class NullResult(ProvisionResult):
@@ -52,6 +70,7 @@ class NullPve(Backend):
 
     name = NAME
     summary = "a test double"
+    guest_rules = NULL_RULES
     handles: list = []
 
     def provision(self, ctx, vmid: int, opts: ProvisionOptions) -> NullResult:
@@ -61,12 +80,12 @@ class NullPve(Backend):
         vm_cfg = cfg.for_vm(vmid)
         res.address = resolve_address(api, vm.node, vmid, vm_cfg.ssh, api.get(f"nodes/{vm.node}/qemu/{vmid}/config"))
         with ctx.guest_connect(ctx.make_target(vm_cfg.ssh, res.address.host, vmid)) as guest:
-            res.probe = guest.probe(serial=vm_cfg.disk.serial)
-            plan = guest.plan(res.probe)
+            res.probe = self.probe(guest, vm_cfg.disk.serial)
+            plan = self.plan(guest, res.probe, cfg)
             res.plan = list(plan.describe())
             res.applied = guest.apply(plan, dry_run=opts.dry_run)
             if not opts.dry_run:
-                res.verify = guest.verify(serial=vm_cfg.disk.serial)
+                res.verify = self.verify(guest, vm_cfg.disk.serial)
                 state.update(cfg, vmid, provision={"backend": NAME, "node": vm.node, "at": ctx.clock()})
         return res
 

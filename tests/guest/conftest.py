@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from pvepstore.backends import registry
 from pvepstore.guest import Guest
 from pvepstore.guest.testing import FakeTransport, Recorded, load_cassette, reply
 
@@ -76,3 +77,21 @@ def fake_guest(*recorded: Recorded, **kw) -> tuple[Guest, FakeTransport]:
 
 def probe_reply(*extra, **kw) -> Recorded:
     return Recorded("probe", 0, reply(*probe_items(*extra, **kw)))
+
+
+# The guest layer takes a backend's functions; these pick them from the registry by name
+# (what the backends' own probe/plan/verify do with the configuration).
+def assessed(g: Guest, backend: str = "pstore_blk", **kw):
+    """A probe assessed for ``backend``."""
+    return g.probe(assess=registry.get(backend).guest_rules.assess, **kw)
+
+
+def plan_for(g: Guest, report, *, remove_legacy: bool = False, **settings):
+    """The plan for the backend the report was assessed for, with these guest settings."""
+    rules = registry.get(report.target).guest_rules
+    return g.plan(report, wishes=rules.wishes(report, rules.settings(report, **settings)),
+                  remove_legacy=remove_legacy)
+
+
+def verify_for(g: Guest, backend: str = "pstore_blk", serial: str = "pvepstore"):
+    return registry.get(backend).verify(g, serial)

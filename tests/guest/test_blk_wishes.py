@@ -15,13 +15,13 @@ from pvepstore.guest.legacy import _edit
 from pvepstore.guest.manifest import MANIFEST, PATHS, parse_manifest, sha256
 from pvepstore.guest.testing import Recorded, reply
 
-from .conftest import fake_guest, file_item, probe_items, probe_reply
+from .conftest import assessed, fake_guest, file_item, plan_for, probe_items, probe_reply, verify_for
 
 GRUB = b'GRUB_CMDLINE_LINUX_DEFAULT="$GRUB_CMDLINE_LINUX_DEFAULT memmap=1M\\$0x7f000000 ramoops.mem_address=0x7f000000 quiet"\n'
 
 
 def probe(g, **kw) -> ProbeReport:
-    return g.probe(serial="pvepstore", disk_bytes=512 << 20, **kw)
+    return assessed(g, serial="pvepstore", disk_bytes=512 << 20, **kw)
 
 
 def written(plan) -> dict[str, bytes]:
@@ -46,7 +46,7 @@ def applied_items(plan, *extra):
 
 def test_fresh_guest_plan():
     g, t = fake_guest(probe_reply())
-    plan = g.plan(probe(g))
+    plan = plan_for(g, probe(g))
     ops = [(c.op, c.path) for c in plan.changes]
     assert ops == [("write", MANIFEST), ("write", PATHS), ("write", MODPROBE_CONF), ("write", UNIT),
                    ("link", UNIT_LINK), ("mkdir", "/etc/systemd/pstore.conf.d"), ("write", PSTORE_DROPIN),
@@ -69,22 +69,22 @@ def test_fresh_guest_plan():
 
 def test_pmsg_and_console_sizes_only_where_built():
     g, _ = fake_guest(probe_reply(kconfig="CONFIG_PSTORE_BLK=m\nCONFIG_PSTORE_PMSG=y\n# CONFIG_PSTORE_CONSOLE is not set\n"))
-    conf = written(g.plan(probe(g)))[MODPROBE_CONF].decode()
+    conf = written(plan_for(g, probe(g)))[MODPROBE_CONF].decode()
     assert "pmsg_size=64 console_size=0" in conf
 
 
 def test_stale_disk_is_wiped_once():
     g, _ = fake_guest(probe_reply(zero="no"))
-    plan = g.plan(probe(g))
+    plan = plan_for(g, probe(g))
     wipe = [c for c in plan.changes if c.path == "wipe-disk"]
     assert wipe and wipe[0].args() == ["run", "wipe-disk", "pvepstore", str(512 << 20)]
 
 
 def test_second_apply_is_a_no_op():
     g, t = fake_guest(probe_reply())
-    plan = g.plan(probe(g))
+    plan = plan_for(g, probe(g))
     t.add(Recorded("probe", 0, reply(*applied_items(plan))))
-    again = g.plan(probe(g))
+    again = plan_for(g, probe(g))
     assert again.empty, again.describe()
     before = t.round_trips
     assert g.apply(again).ok and t.round_trips == before  # nothing sent
@@ -95,14 +95,14 @@ def test_a_disk_with_pstore_zones_is_kept():
     g, _ = fake_guest(probe_reply(("disk_head", b"DBGC" + b"\0" * 12), zero="no"))
     r = probe(g)
     assert "disk-has-records" in {p.code for p in r.problems} and "disk-stale" not in {p.code for p in r.problems}
-    assert "wipe-disk" not in {c.path for c in g.plan(r).changes}
+    assert "wipe-disk" not in {c.path for c in plan_for(g, r).changes}
 
 
 def test_changed_settings_rewrite_but_keep_the_original_backup_entry():
     g, t = fake_guest(probe_reply())
-    plan = g.plan(probe(g))
+    plan = plan_for(g, probe(g))
     t.add(Recorded("probe", 0, reply(*applied_items(plan))))
-    plan2 = g.plan(probe(g), kmsg_size=32)
+    plan2 = plan_for(g, probe(g), kmsg_size=32)
     assert [c.path for c in plan2.changes if c.op == "write"] == [MANIFEST, MODPROBE_CONF]
     assert [c.path for c in plan2.changes if c.op == "run"] == ["reload-module"]
     entry = {e["path"]: e for e in json.loads(written(plan2)[MANIFEST])["files"]}[MODPROBE_CONF]
@@ -115,10 +115,10 @@ def test_legacy_needs_consent():
               file_item("/etc/modules", b"# modules\nloop\nramoops\n"))
     g, _ = fake_guest(probe_reply(*legacy))
     r = probe(g)
-    plain = g.plan(r)
+    plain = plan_for(g, r)
     assert not {c.path for c in plain.changes} & {i[1] for i in legacy}
     assert any("--remove-legacy" in n for n in plain.notes)
-    plan = g.plan(r, remove_legacy=True)
+    plan = plan_for(g, r, remove_legacy=True)
     by_path = {c.path: c for c in plan.changes}
     assert by_path["/etc/modules-load.d/ramoops.conf"].op == "remove"
     assert written(plan)["/etc/default/grub.d/pstore.cfg"] == b'GRUB_CMDLINE_LINUX_DEFAULT="$GRUB_CMDLINE_LINUX_DEFAULT quiet"\n'
@@ -132,7 +132,7 @@ def test_legacy_needs_consent():
 
 def test_update_grub_runs_when_present_and_consented():
     g, _ = fake_guest(probe_reply(file_item("/etc/default/grub.d/pstore.cfg", GRUB), ("tool", "update-grub")))
-    plan = g.plan(probe(g), remove_legacy=True)
+    plan = plan_for(g, probe(g), remove_legacy=True)
     assert ("run", "update-grub") in [(c.op, c.path) for c in plan.changes]
     assert json.loads(written(plan)[MANIFEST])["commands"] == ["update-grub"]
 
@@ -153,7 +153,7 @@ def test_legacy_edits_touch_only_the_old_settings(path, text, new):
 def test_undo_plan_restores_from_the_manifest():
     legacy = (file_item("/etc/modules-load.d/ramoops.conf", b"ramoops\n"),)
     g, t = fake_guest(probe_reply(*legacy))
-    plan = g.plan(probe(g), remove_legacy=True)
+    plan = plan_for(g, probe(g), remove_legacy=True)
     t.add(Recorded("probe", 0, reply(*applied_items(plan, *legacy))),
           Recorded("undo", 0, reply(("done", "restore", "x"))))
     r = probe(g)
@@ -192,7 +192,7 @@ def test_hostile_manifests_are_refused(manifest):
 
 def test_apply_refuses_blocked_plans():
     g, t = fake_guest(probe_reply(disk=False))
-    plan = g.plan(probe(g))
+    plan = plan_for(g, probe(g))
     assert plan.blockers and not plan.changes
     with pytest.raises(GuestError, match="does not exist"):
         g.apply(plan)
@@ -201,7 +201,7 @@ def test_apply_refuses_blocked_plans():
 
 def test_dry_run_sends_nothing():
     g, t = fake_guest(probe_reply())
-    plan = g.plan(probe(g))
+    plan = plan_for(g, probe(g))
     res = g.apply(plan, dry_run=True)
     assert res.dry_run and res.done == plan.describe() and t.round_trips == 1
 
@@ -209,19 +209,19 @@ def test_dry_run_sends_nothing():
 def test_guest_changed_since_the_probe():
     g, _ = fake_guest(probe_reply(), Recorded("apply", 3, reply(("mismatch", MODPROBE_CONF, "-", "abc"), end=True)))
     with pytest.raises(GuestError, match="changed since the probe"):
-        g.apply(g.plan(probe(g)))
+        g.apply(plan_for(g, probe(g)))
 
 
 def test_half_done_apply_points_to_undo():
     g, _ = fake_guest(probe_reply(), Recorded("apply", 4, reply(("fail", "wipe", "has a signature"))))
     with pytest.raises(GuestError) as exc:
-        g.apply(g.plan(probe(g)))
+        g.apply(plan_for(g, probe(g)))
     assert "has a signature" in exc.value.message and "undo" in exc.value.hint
 
 
 def test_apply_sends_one_command_with_quoted_positional_arguments():
     g, t = fake_guest(probe_reply(), Recorded("apply", 0, reply(("ran", "load-module"))))
-    plan = g.plan(probe(g))
+    plan = plan_for(g, probe(g))
     assert g.apply(plan).ok
     call = t.calls[-1]
     assert call.name == "apply" and len(call.args) == 4 * len(plan.changes)
@@ -229,12 +229,12 @@ def test_apply_sends_one_command_with_quoted_positional_arguments():
 
 def test_verify_after_apply():
     g, t = fake_guest(probe_reply())
-    plan = g.plan(probe(g))
+    plan = plan_for(g, probe(g))
     t.add(Recorded("probe", 0, reply(*applied_items(plan))))
-    v = g.verify()
+    v = verify_for(g)
     assert v.ok, v.problems
     t.add(Recorded("probe", 0, reply(*[i if i[0] != "backend" else ("backend", "efi") for i in applied_items(plan)])))
-    v = g.verify()
+    v = verify_for(g)
     assert not v.ok and v.problems[0].startswith("backend")
 
 

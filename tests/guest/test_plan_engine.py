@@ -23,7 +23,7 @@ from pvepstore.guest.manifest import MANIFEST, backup_path
 from pvepstore.guest.plan import GuestWishes, WantedFile, make_plan, make_undo_plan
 from pvepstore.guest.probe import ProbeReport, build_report
 from pvepstore.guest.scripts import BACKUP_DIR, STATE_DIR
-from pvepstore.guest.setup import NAMES
+from pvepstore.backends.registry import names as backend_names
 from pvepstore.guest.testing import reply
 
 from .conftest import probe_items
@@ -199,25 +199,33 @@ GUEST_MODULES = sorted(Path(inspect.getfile(plan)).parent.glob("*.py"))
 
 @pytest.mark.parametrize("path", GUEST_MODULES, ids=lambda p: p.name)
 def test_the_guest_package_compares_no_backend_name(path):
-    """The kernel's module names are probe.KMOD_*; pvepstore's backend names only name (setup.BY_NAME)."""
+    """The kernel's module names are probe.KMOD_*; pvepstore's backend names live in the registry."""
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Compare):
             consts = [n.value for n in [node.left, *node.comparators] if isinstance(n, ast.Constant)]
-            assert not set(consts) & set(NAMES), f"{path.name}:{node.lineno} compares a backend name"
+            assert not set(consts) & set(backend_names()), f"{path.name}:{node.lineno} compares a backend name"
 
 
-def test_session_takes_a_backends_functions_the_same_as_its_name():
+def test_the_session_takes_a_backends_functions_and_the_registry_names_them():
+    from pvepstore.backends import registry
+    from pvepstore.config import load_config
+    from pvepstore.errors import UsageError
     from pvepstore.guest import ramoops_wishes
 
     from .conftest import fake_guest, probe_reply
     iv = ("ivshmem", "0000:00:10.0", "0xfe000000 0xfe0fffff")
     g, _ = fake_guest(probe_reply(iv), repeat=True)
-    by_name = g.probe(backend="ivshmem")
-    direct = g.probe(assess=ramoops_wishes.assess)
-    assert direct.to_json() == by_name.to_json() and direct.target == "ivshmem"
+    backend = registry.get("ivshmem")
+    by_registry = backend.probe(g, "pvepstore", None)
+    direct = g.probe(disk_bytes=None, assess=ramoops_wishes.assess)
+    assert direct.to_json() == by_registry.to_json() and direct.target == "ivshmem"
     wishes = ramoops_wishes.wishes(direct, ramoops_wishes.settings(direct))
-    assert g.plan(direct, wishes=wishes).to_json() == g.plan(by_name).to_json()
+    assert g.plan(direct, wishes=wishes).to_json() == backend.plan(g, by_registry, load_config(None)).to_json()
     assert g.verify(check=ramoops_wishes.verify, assess=ramoops_wishes.assess).to_json() == \
-        g.verify(backend="ivshmem").to_json()
-    with pytest.raises(Exception, match="unknown backend"):
-        g.probe(backend="nosuch")
+        backend.verify(g, "pvepstore").to_json()
+    facts = g.probe(disk_bytes=None)  # no backend asked: the facts, no verdict
+    assert facts.target == "" and not facts.capabilities
+    with pytest.raises(UsageError, match="probe again"):  # never planned past nobody's blockers
+        g.plan(facts, wishes=wishes)
+    with pytest.raises(UsageError, match="unknown backend"):
+        registry.get("nosuch")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pvepstore.guest.testing import Recorded, reply
 
-from .conftest import fake_guest, file_item, probe_items, probe_reply
+from .conftest import assessed, fake_guest, file_item, probe_items, probe_reply
 
 
 def probe(*extra, **kw):
     g, t = fake_guest(probe_reply(*extra, **kw))
-    r = g.probe(serial="pvepstore", disk_bytes=512 << 20)
+    r = assessed(g, serial="pvepstore", disk_bytes=512 << 20)
     assert t.round_trips == 1
     return r
 
@@ -36,7 +36,7 @@ def test_frontends_where_the_kernel_has_them():
 def test_no_pstore_blk_blocks():
     g, _ = fake_guest(Recorded("probe", 0, reply(*[i for i in probe_items(kconfig="# CONFIG_PSTORE_BLK is not set\n")
                                                    if not (i[0] == "modfile" and i[1] == "pstore_blk")])))
-    r = g.probe()
+    r = assessed(g)
     assert codes(r)["no-pstore-blk"] == "blocker"
     assert all(c.status == "no" for c in r.capabilities.values())
 
@@ -44,7 +44,7 @@ def test_no_pstore_blk_blocks():
 def test_panic_on_oops_means_no_oops_either():
     items = [i if i[0] != "sysctl" else ("sysctl", "1", "0", "N", "0") for i in probe_items()]
     g, _ = fake_guest(Recorded("probe", 0, reply(*items)))
-    r = g.probe()
+    r = assessed(g)
     assert r.capabilities["oops"].status == "no" and "panic-on-oops" in codes(r)
 
 
@@ -57,7 +57,7 @@ def test_disk_checks():
 
 def test_disk_size_mismatch():
     g, _ = fake_guest(probe_reply())
-    assert "disk-size" in codes(g.probe(disk_bytes=1 << 30))
+    assert "disk-size" in codes(assessed(g, disk_bytes=1 << 30))
 
 
 def test_efi_guest_competition():
@@ -84,7 +84,7 @@ def test_unlink_no_already_set():
 
 def test_incomplete_output_blocks():
     g, _ = fake_guest(Recorded("probe", 0, reply(*probe_items(), end=False)))
-    assert codes(g.probe())["probe-incomplete"] == "blocker"
+    assert codes(assessed(g))["probe-incomplete"] == "blocker"
 
 
 def test_hostile_text_stays_data():

@@ -12,6 +12,8 @@ import subprocess
 
 import pytest
 
+from pvepstore.errors import UsageError
+
 from pvepstore.guest.blk_wishes import UNIT, UNIT_LINK
 from pvepstore.guest.layout import MODPROBE_CONF, PSTORE_DROPIN
 from pvepstore.guest.manifest import MANIFEST, PATHS
@@ -21,7 +23,7 @@ from pvepstore.guest.ramoops_wishes import UNIT_LINK as RAMOOPS_LINK
 from pvepstore.guest.ramoops_wishes import RamoopsSettings, files
 from pvepstore.guest.testing import Recorded, reply
 
-from .conftest import fake_guest, file_item, probe_items, probe_reply
+from .conftest import assessed, fake_guest, file_item, plan_for, probe_items, probe_reply, verify_for
 
 BAR2 = ("0x00000000fe000000", "0x00000000fe0fffff", "0x0000000000040200")
 DEVICE = ("ivshmem", "0000:00:03.0", " ".join(BAR2), "")
@@ -37,7 +39,7 @@ def written(plan) -> dict[str, bytes]:
 
 
 def probe(g, backend="ivshmem"):
-    return g.probe(serial="pvepstore", disk_bytes=None, backend=backend)
+    return assessed(g, serial="pvepstore", disk_bytes=None, backend=backend)
 
 
 def state_after(plans, backend, *extra, device=True, pre=()):
@@ -83,7 +85,7 @@ def test_fresh_guest_plan_and_capabilities():
         "oops": "yes", "panic": "yes", "shutdown": "yes", "emergency_restart": "yes", "console": "no", "pmsg": "no"}
     assert any("live migration" in c for c in r.costs) and any("/dev/shm" in c for c in r.costs)
     assert {p.code for p in r.problems} == {"not-configured", "systemd-pstore-unlinks"}  # no disk needed
-    plan = g.plan(r)
+    plan = plan_for(g, r)
     assert [(c.op, c.path) for c in plan.changes] == [
         ("write", MANIFEST), ("write", PATHS), ("write", MODPROBE_CONF), ("mkdir", "/etc/pvepstore"),
         ("write", RAMOOPS_LOADER), ("write", RAMOOPS_UNIT), ("link", RAMOOPS_LINK),
@@ -113,7 +115,7 @@ def test_console_and_pmsg_zones_only_where_the_kernel_has_them():
                                                   "CONFIG_PSTORE_CONSOLE=y\n"))
     r = probe(g)
     assert r.capabilities["pmsg"].status == "yes" and r.capabilities["console"].status == "yes"
-    plan = g.plan(r)
+    plan = plan_for(g, r)
     assert "console_size=0x10000 pmsg_size=0x10000 ftrace_size=0" in written(plan)[RAMOOPS_LOADER].decode()
     assert plan.settings["console_size"] == plan.settings["pmsg_size"] == 0x10000
 
@@ -123,7 +125,7 @@ def test_without_the_device_yet_the_plan_waits_for_the_cold_start():
     r = probe(g)
     missing = [p for p in r.problems if p.code == "ivshmem-missing"]
     assert missing and missing[0].severity == "warning" and "cold start" in missing[0].fix
-    plan = g.plan(r)
+    plan = plan_for(g, r)
     assert not plan.blockers and plan.cold_start_required
     assert not [c for c in plan.changes if c.op == "run" and "ramoops" in c.path]
     assert "next cold start" in "\n".join(plan.describe())
@@ -133,7 +135,7 @@ def test_a_claimed_device_and_a_kernel_without_ramoops_are_refused():
     g, _ = fake_guest(probe_reply(("ivshmem", "0000:00:03.0", " ".join(BAR2), "uio_pci_generic")))
     assert "ivshmem-claimed" in {p.code for p in probe(g).blockers}
     g, _ = fake_guest(probe_reply(DEVICE, kconfig="# CONFIG_PSTORE_RAM is not set\n"))
-    r = g.probe(backend="ivshmem")
+    r = assessed(g, backend="ivshmem")
     r.ramoops = "missing"  # no module file either
     from pvepstore.guest.ramoops_wishes import capabilities
     assert {c.status for c in capabilities(r).values()} == {"no"}
@@ -141,26 +143,26 @@ def test_a_claimed_device_and_a_kernel_without_ramoops_are_refused():
 
 def test_apply_is_idempotent_and_verify_checks_the_live_parameters():
     g, t = fake_guest(probe_reply(DEVICE))
-    plan = g.plan(probe(g))
+    plan = plan_for(g, probe(g))
     t.add(state_after([plan], "ivshmem"))
-    again = g.plan(probe(g))
+    again = plan_for(g, probe(g))
     assert again.empty, again.describe()
     t.add(state_after([plan], "ivshmem"))
-    v = g.verify(backend="ivshmem")
+    v = verify_for(g, "ivshmem")
     assert v.ok, v.problems
     assert ("param mem_address", True, f"{0xfe000000} (want {0xfe000000})") in v.checks
     assert ("boot unit", True, "pvepstore-ramoops.service enabled, active") in v.checks
     # a boot without the device (not cold-started yet): verify says why
     t.add(state_after([plan], "ivshmem", ("backend", "(null)"), device=False))
-    v = g.verify(backend="ivshmem")
+    v = verify_for(g, "ivshmem")
     assert not v.ok and any(p.startswith("ivshmem device: not in this boot") for p in v.problems)
 
 
 def test_other_ramoops_parameters_are_reloaded():
     g, t = fake_guest(probe_reply(DEVICE))
-    plan = g.plan(probe(g))
+    plan = plan_for(g, probe(g))
     t.add(state_after([plan], "ivshmem", ("param", "ramoops/parameters/ftrace_size", "4096")))
-    again = g.plan(probe(g))
+    again = plan_for(g, probe(g))
     assert [(c.op, c.path) for c in again.changes] == [("run", "reload-ramoops")]
 
 
@@ -168,19 +170,19 @@ def test_an_old_ramoops_setup_blocks_until_consented():
     legacy = file_item("/etc/modprobe.d/ramoops.conf", b"options ramoops mem_address=0x7f000000 mem_size=0x100000\n")
     g, _ = fake_guest(probe_reply(DEVICE, legacy))
     r = probe(g)
-    plan = g.plan(r)
+    plan = plan_for(g, r)
     assert [b.code for b in plan.blockers] == ["legacy-ramoops"] and not plan.changes
-    plan = g.plan(r, remove_legacy=True)
+    plan = plan_for(g, r, remove_legacy=True)
     assert ("remove", "/etc/modprobe.d/ramoops.conf") in [(c.op, c.path) for c in plan.changes]
 
 
 def test_switch_blk_to_ivshmem_and_back_then_undo():
     g, t = fake_guest(probe_reply(DEVICE))
-    blk = g.plan(g.probe(serial="pvepstore", disk_bytes=512 << 20))
+    blk = plan_for(g, assessed(g, serial="pvepstore", disk_bytes=512 << 20))
     t.add(state_after([blk], "pstore_blk"))
     r = probe(g)
     assert "backend-blk" in {p.code for p in r.problems}
-    to_ivshmem = g.plan(r)
+    to_ivshmem = plan_for(g, r)
     ops = [(c.op, c.path) for c in to_ivshmem.changes]
     assert ("restore", UNIT) in ops and ("restore", UNIT_LINK) in ops and ("write", RAMOOPS_UNIT) in ops
     assert ops[-2:] == [("run", "unload-module"), ("run", "load-ramoops")]
@@ -190,18 +192,18 @@ def test_switch_blk_to_ivshmem_and_back_then_undo():
     assert json.loads(written(to_ivshmem)[MANIFEST])["pre"]["pstore_blk_loaded"] is False  # from the first apply
 
     t.add(state_after([blk, to_ivshmem], "ivshmem"))
-    assert g.plan(probe(g)).empty
+    assert plan_for(g, probe(g)).empty
     t.add(state_after([blk, to_ivshmem], "ivshmem"))
-    r = g.probe(serial="pvepstore", disk_bytes=512 << 20)
+    r = assessed(g, serial="pvepstore", disk_bytes=512 << 20)
     assert "backend-ramoops-ivshmem" in {p.code for p in r.problems} and not r.blockers
-    back = g.plan(r)
+    back = plan_for(g, r)
     ops = [(c.op, c.path) for c in back.changes]
     assert ("restore", RAMOOPS_UNIT) in ops and ("restore", RAMOOPS_LOADER) in ops and ("link", UNIT_LINK) in ops
     assert ops[-2:] == [("run", "unload-ramoops"), ("run", "load-module")]
     # the files are exactly those of the first pstore_blk apply
     final = state_after([blk, to_ivshmem, back], "pstore_blk")
     t.add(final)
-    assert g.plan(g.probe(serial="pvepstore", disk_bytes=512 << 20)).empty
+    assert plan_for(g, assessed(g, serial="pvepstore", disk_bytes=512 << 20)).empty
     # undo from here: every pvepstore file goes, both modules it loaded are unloaded
     t.add(state_after([blk, to_ivshmem, back], "pstore_blk", ("loaded", "ramoops", "live")))
     undo = g.undo_plan(probe(g))
@@ -214,15 +216,14 @@ def test_switch_blk_to_ivshmem_and_back_then_undo():
 
 
 def test_plan_refuses_a_probe_made_for_the_other_backend():
-    from pvepstore.errors import UsageError
-    from pvepstore.guest.setup import make_plan
+    from pvepstore.guest import blk_wishes, ramoops_wishes
 
     g, _ = fake_guest(probe_reply(DEVICE))
-    with pytest.raises(ValueError, match="probe again"):
-        make_plan(probe(g), backend="pstore_blk")
-    g, _ = fake_guest(probe_reply(DEVICE))
-    with pytest.raises(UsageError, match="max_reason=4"):
-        g.plan(probe(g), max_reason=2)
+    r = probe(g)
+    with pytest.raises(UsageError, match="probe again"):
+        g.plan(r, wishes=blk_wishes.wishes(r, blk_wishes.settings(r)))
+    with pytest.raises(ValueError, match="max_reason=4"):
+        ramoops_wishes.settings(r, max_reason=2)
 
 
 @pytest.mark.parametrize("bar,size,driver,expect", [

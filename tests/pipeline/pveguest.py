@@ -2,7 +2,10 @@
 
 The guest "sees" the pstore disk when the fake VM's *current* config has a
 drive with the serial; verify is ok once a plan was applied and the disk is
-visible. ``calls`` records every method call.
+visible. ``calls`` records every method call.  The probe is the real probe parser on a stock
+Debian 12 guest's output (with the disk where the VM has it), assessed by the backend's own
+rules, and the plan is the real plan engine on the backend's wishes; apply and verify are
+simulated (a configured guest plans nothing more).
 """
 
 from __future__ import annotations
@@ -10,31 +13,12 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from pvepstore.errors import GuestError
+from pvepstore.errors import GuestError, UsageError
+from pvepstore.guest import wire
+from pvepstore.guest.plan import make_plan
+from pvepstore.guest.probe import build_report
+from pvepstore.guest.testing import reply
 from pvepstore.pve.vmconfig import DRIVE_KEY_RE, parse_drive
-
-
-@dataclass
-class Cap:
-    status: str
-    note: str = ""
-
-    def to_json(self):
-        return {"status": self.status, "note": self.note}
-
-
-@dataclass
-class Report:
-    serial: str
-    disk_seen: bool
-    boot_id: str
-    configured: bool
-    capabilities: dict = field(default_factory=dict)
-    problems: list = field(default_factory=list)
-
-    def to_json(self):
-        return {"serial": self.serial, "disk_seen": self.disk_seen, "boot_id": self.boot_id,
-                "capabilities": {k: v.to_json() for k, v in self.capabilities.items()}}
 
 
 @dataclass
@@ -113,21 +97,23 @@ class _Guest:
         conf = self.g.fake.vms[self.vmid].config
         return any(DRIVE_KEY_RE.match(k) and parse_drive(v).get("serial") == serial for k, v in conf.items())
 
-    def probe(self, serial="pvepstore", disk_bytes=None, **_backend_rules):  # assess=: the report is canned
+    def probe(self, serial="pvepstore", disk_bytes=None, *, assess=None):
         self.g.calls.append(("probe", self.vmid, serial, disk_bytes))
-        seen = self._disk_seen(serial)
-        return Report(serial, seen, f"boot-{self.g.boot.get(self.vmid, 0)}", self.vmid in self.g.configured,
-                      {"oops": Cap("yes" if seen else "unknown", "non-fatal Oopses are kept"),
-                       "panic": Cap("no", "pstore_blk never keeps panics")},
-                      [] if seen else [f"no disk with serial {serial}"])
+        from tests.guest.conftest import probe_items  # the stock guest's probe output
 
-    def plan(self, report, kmsg_size=64, max_reason=2):
-        self.g.calls.append(("plan", self.vmid, kmsg_size, max_reason))
-        if report.configured:
+        items = probe_items(("boot_id", f"boot-{self.g.boot.get(self.vmid, 0)}"), disk=self._disk_seen(serial))
+        report = build_report(wire.parse(reply(*items)), serial, disk_bytes)
+        return assess(report) if assess is not None else report
+
+    def plan(self, report, *, wishes, remove_legacy=False):
+        settings = wishes.settings
+        self.g.calls.append(("plan", self.vmid, settings.get("kmsg_size"), settings.get("max_reason")))
+        if self.vmid in self.g.configured:
             return Plan([])
-        return Plan([f"write /etc/modprobe.d/pvepstore.conf (pstore_blk blkdev=/dev/disk/by-id/virtio-{report.serial} "
-                     f"kmsg_size={kmsg_size} max_reason={max_reason})",
-                     "write /etc/modules-load.d/pvepstore.conf"])
+        try:
+            return make_plan(report, wishes, remove_legacy=remove_legacy)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
 
     def apply(self, plan, dry_run=False):
         self.g.calls.append(("apply", self.vmid, dry_run))
@@ -135,7 +121,7 @@ class _Guest:
             self.g.configured.add(self.vmid)
         return Outcome(True, plan.describe(), dry_run=dry_run)
 
-    def verify(self, serial="pvepstore", **_backend_rules):
+    def verify(self, serial="pvepstore", *, assess, check):  # the live state is simulated
         self.g.calls.append(("verify", self.vmid))
         problems = []
         if not self._disk_seen(serial):

@@ -67,7 +67,8 @@ def test_dry_run_changes_nothing_and_shows_everything(fakepve, guests):
     text = "\n".join(provision_lines(res))
     assert "POST /nodes/pve1/qemu/100/config virtio0=local-lvm:0.5,format=raw,serial=pvepstore,backup=0," \
            "replicate=0,discard=on digest=" in text
-    assert "write /etc/modprobe.d/pvepstore.conf" in text and "reboot the VM through the API" in text
+    assert "create /etc/modprobe.d/pvepstore.conf: pstore_blk options" in text and "reboot the VM through the API" in text
+    assert "does not exist yet" in text  # the disk this run attaches: no blocker
 
 
 def test_pending_disk_is_reported_and_reboot_applies_it(fakepve, guests):
