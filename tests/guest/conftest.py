@@ -95,3 +95,15 @@ def plan_for(g: Guest, report, *, remove_legacy: bool = False, **settings):
 
 def verify_for(g: Guest, backend: str = "pstore_blk", serial: str = "pvepstore"):
     return registry.get(backend).verify(g, serial)
+
+
+def managed_paths() -> tuple[str, ...]:
+    """Every file a backend's guest rules may write (for byte-for-byte undo checks)."""
+    from pvepstore.guest.probe import ProbeReport
+
+    out: dict[str, None] = {}
+    for backend in registry.all_backends():
+        rules = backend.guest_rules
+        for w in rules.files(rules.settings(ProbeReport(serial="pvepstore", disk_bytes=None))):
+            out[w.path] = None
+    return tuple(out)

@@ -17,8 +17,10 @@ import pytest
 from pvepstore.guest import SshTransport
 from pvepstore.guest import connect as _connect
 from pvepstore.guest.testing import RecordingTransport, save_cassette
-from pvepstore.guest.setup import MANAGED, PSTORE_DROPIN, UNIT
+from pvepstore.guest.blk_wishes import UNIT
+from pvepstore.guest.layout import PSTORE_DROPIN
 from pvepstore.pstore import read_image
+from tests.guest.conftest import assessed, managed_paths, plan_for, verify_for
 
 pytestmark = pytest.mark.vm
 
@@ -140,7 +142,7 @@ def test_guest_lifecycle(vm, capsys):
 
     # -- probe: the truth about a stock Debian 12 kernel --------------------------------
     with connect(vm.target()) as g:
-        report = g.probe(serial="pvepstore", disk_bytes=512 << 20)
+        report = assessed(g, serial="pvepstore", disk_bytes=512 << 20)
         assert g.transport.round_trips == 1
         caps = {k: c.status for k, c in report.capabilities.items()}
         assert caps == {"oops": "yes", "panic": "no", "shutdown": "no", "emergency_restart": "no",
@@ -155,28 +157,28 @@ def test_guest_lifecycle(vm, capsys):
         # /etc/modules exists in Debian: keep its bytes, append the seed's line
         before_modules = g.transport.run("cat", "cat /etc/modules\n", []).stdout
         _put(vm, "/etc/modules", before_modules + b"ramoops\n")
-        touched = list(MANAGED) + list(LEGACY) + ["/var/lib/pvepstore/manifest.json"]
+        touched = list(managed_paths()) + list(LEGACY) + ["/var/lib/pvepstore/manifest.json"]
         before = _sha_of(g, touched)
 
-        report = g.probe()
+        report = assessed(g)
         assert {x["path"] for x in report.legacy} == set(LEGACY)
-        plan = g.plan(report, kmsg_size=64, max_reason=2)
+        plan = plan_for(g, report, kmsg_size=64, max_reason=2)
         assert not any(c.path in LEGACY for c in plan.changes)  # no consent, no removal
-        plan = g.plan(report, kmsg_size=64, max_reason=2, remove_legacy=True)
+        plan = plan_for(g, report, kmsg_size=64, max_reason=2, remove_legacy=True)
         assert {c.path for c in plan.changes if c.op in ("write", "remove")} >= set(LEGACY) | {UNIT}
         result = g.apply(plan)
         assert result.ok, result.failures
         # idempotence: the same plan again is empty
-        again = g.plan(g.probe(), kmsg_size=64, max_reason=2, remove_legacy=True)
+        again = plan_for(g, assessed(g), kmsg_size=64, max_reason=2, remove_legacy=True)
         assert again.empty, again.describe()
         assert g.apply(again).done == again.describe()
-        assert g.verify().ok
+        assert verify_for(g).ok
 
     # -- reboot: the boot-time unit attaches pstore_blk before systemd-pstore ------------
     with connect(vm.target()) as g:
         timings["reboot1"] = _reboot(vm, g)
     with connect(vm.target(user="pvep")) as g:  # the sudo path
-        v = g.verify(serial="pvepstore")
+        v = verify_for(g)
         assert v.ok, v.problems
         hist = g.boot_history()
         assert hist.previous_orderly is True and len(hist.boots) >= 2
@@ -218,7 +220,7 @@ def test_guest_lifecycle(vm, capsys):
         assert res.ok, res.failures
         after = _sha_of(g, touched)
         assert after == before
-        report = g.probe()
+        report = assessed(g)
         assert report.manifest is None and {x["path"] for x in report.legacy} == set(LEGACY)
         assert g.undo().done == ["nothing to undo: pvepstore has not changed this guest"]
     timings["total"] = time.monotonic() - t_all

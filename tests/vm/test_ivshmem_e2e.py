@@ -18,6 +18,7 @@ import pytest
 from pvepstore.guest import connect
 from pvepstore.pve import ivshmem
 from tests.conftest import run_cli
+from tests.guest.conftest import assessed, plan_for, verify_for
 
 pytestmark = pytest.mark.vm
 
@@ -65,20 +66,20 @@ def test_ivshmem_panic_and_clean_reboot(vm, fakepve, capsys):
     # -- guest side over SSH -------------------------------------------------------------
     t0 = time.monotonic()
     with connect(vm.target()) as g:
-        r = g.probe(serial="pvepstore", disk_bytes=None, backend="ivshmem")
+        r = assessed(g, "ivshmem", serial="pvepstore", disk_bytes=None)
         assert r.ivshmem is not None and r.ivshmem.size == 1 << 20 and not r.ivshmem.driver
         assert r.ramoops == "module" and r.backend is None
         assert {k: c.status for k, c in r.capabilities.items()} == {
             "oops": "yes", "panic": "yes", "shutdown": "yes", "emergency_restart": "yes",
             "console": "no", "pmsg": "no"}
         assert not r.blockers, r.problems
-        plan = g.plan(r)
+        plan = plan_for(g, r)
         assert plan.settings["console_size"] == plan.settings["pmsg_size"] == 0
         res = g.apply(plan)
         assert res.ok, res.failures
         assert "ran load-ramoops" in res.done
-        assert g.plan(g.probe(disk_bytes=None, backend="ivshmem")).empty
-        v = g.verify(backend="ivshmem")
+        assert plan_for(g, assessed(g, "ivshmem", disk_bytes=None)).empty
+        v = verify_for(g, "ivshmem")
         assert v.ok, v.problems
     timings["provision"] = time.monotonic() - t0
 
@@ -87,7 +88,7 @@ def test_ivshmem_panic_and_clean_reboot(vm, fakepve, capsys):
     _reboot(vm, vm.target())
     timings["reboot"] = time.monotonic() - t0
     with connect(vm.target()) as g:
-        v = g.verify(backend="ivshmem")  # the boot unit loaded ramoops this time
+        v = verify_for(g, "ivshmem")  # the boot unit loaded ramoops this time
         assert v.ok, v.problems
         assert ("boot unit", True, "pvepstore-ramoops.service enabled, active") in v.checks
     doc = _collect(config)

@@ -46,6 +46,7 @@ from pvepstore.cli import ExitStatus
 from pvepstore.guest import connect
 from pvepstore.pve import ivshmem, state
 from tests.conftest import run_cli
+from tests.guest.conftest import verify_for
 
 from .harness import QEMU, accel
 from .pvehost import PveGuestVM
@@ -202,7 +203,7 @@ def test_provision_ivshmem_through_the_fake_api(pve_guest, fakepve, capsys):
     (row,) = _ok(cli("status", "--json")).json["vms"]
     assert (row["provisioned"], row["pending"], row["running"], row["backend_ok"]) == (True, False, True, True), row
     with connect(vm.target()) as g:
-        v = g.verify(backend="ivshmem")
+        v = verify_for(g, "ivshmem")
         assert v.ok, v.problems
     params = state.provision_record(cfg, VMID)["ramoops_params"]
     assert params == doc["ramoops_params"] and params["mem_size"] == 1 << 20, (params, doc["ramoops_params"])
