@@ -91,7 +91,8 @@ def status_command(
     ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
 ) -> None:
-    """Every VM in scope: provisioned, disk, pending, running, backend verified, last collection."""
+    """Every VM in scope: running, backend, provisioned, disk, pending, verified, last collection (and the
+    backend's store line, e.g. an efidisk0's fill level)."""
     env = env_of(ctx)
     context = prov.make_context(env.load_config())
     rows = prov.status(context)
@@ -101,12 +102,14 @@ def status_command(
     if not rows:
         env.out("no VMs in scope (scope.vms, scope.tag or scope.all in the config)")
         return
-    env.out(f"{'VMID':>6} {'NAME':<16} {'NODE':<10} {'RUNNING':<8} {'PROVISIONED':<12} {'DISK':<9} "
-            f"{'PENDING':<8} {'BACKEND':<8} LAST COLLECTION")
+    env.out(f"{'VMID':>6} {'NAME':<16} {'NODE':<10} {'RUNNING':<8} {'BACKEND':<11} {'PROVISIONED':<12} "
+            f"{'DISK':<9} {'PENDING':<8} {'VERIFIED':<9} LAST COLLECTION")
     for r in rows:
         env.out(f"{r.vmid:>6} {terminal_safe(r.name or '-')[:16]:<16} {r.node:<10} {_yn(r.running):<8} "
-                f"{_yn(r.provisioned):<12} {r.disk or '-':<9} {_yn(r.pending):<8} {_yn(r.backend_ok):<8} "
-                f"{_when(r.last_collection)}" + (f"  error: {r.error}" if r.error else ""))
+                f"{r.backend or '-':<11} {_yn(r.provisioned):<12} {r.disk or '-':<9} {_yn(r.pending):<8} "
+                f"{_yn(r.backend_ok):<9} {_when(r.last_collection)}" + (f"  error: {r.error}" if r.error else ""))
+        if r.store:
+            env.out(f"{'':>6} {terminal_safe(r.store)}")
 
 
 def read_command(

@@ -28,6 +28,7 @@ from ..pve.api import PveApi, connect as api_connect
 from ..pve.commands import CommandRunner
 from ..pve.disks import DetachResult
 from ..pve.inventory import in_scope, list_vms, locate
+from .handles import vm_backend
 from .provision_common import _remember_verify, _running
 
 GuestConnect = Callable[[Any], AbstractContextManager]
@@ -142,6 +143,7 @@ class VmStatus:
     last_collection: float | None
     error: str | None = None
     store: str | None = None  # a backend's storage line (efi_pstore: the vars store's fill level)
+    backend: str | None = None  # the VM's backend (the config's, else the one provision set up)
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -157,7 +159,9 @@ def status(ctx: Context) -> list[VmStatus]:
                        verified.get("ok") if verified else None, doc.get("last_collection"))
         try:
             row.running = _running(ctx, vm.node, vm.vmid)
-            registry.get(cfg.for_vm(vm.vmid).backend).status_row(ctx, vm, row)
+            # the backend collect and read use: the config's, else the one provision recorded
+            row.backend = vm_backend(cfg, vm.vmid).backend
+            registry.get(row.backend).status_row(ctx, vm, row)
         except PvepstoreError as exc:
             row.error = exc.message
         out.append(row)

@@ -118,14 +118,17 @@ def test_provision_stopped_vm_records_the_efidisk_and_writes_nothing(fakepve, tm
 @needs_efi
 def test_status_shows_the_fill_level(fakepve, tmp_path):
     vol, _ = efi_vm(fakepve, tmp_path, "efi-oops")
-    # status picks the backend from the config (see /tmp/coord/requests-efibackend.md #6)
-    conf = str(fakepve.config_file(efi_pstore={"warn_fill_percent": 10}, vms={100: {"backend": "efi_pstore"}}))
+    # no backend in the config: status follows what provision set up, as collect and read do
+    conf = str(fakepve.config_file(efi_pstore={"warn_fill_percent": 10}))
     run_cli("--config", conf, "provision", "100", "--backend", "efi_pstore")
     r = run_cli("--config", conf, "status", "--json")
     (row,) = r.json["vms"]
+    assert row["backend"] == "efi_pstore", row
     assert row["provisioned"] and row["disk"] == "efidisk0" and row["volid"] == vol.volid, row
     # efi-oops: 39,912 of 262,044 bytes used (15%), 24,792 bytes of pstore variables
     assert row["store"].startswith("efidisk0 store 15% used, 24 KB pstore (WARNING: above 10%"), row
+    table = run_cli("--config", conf, "status").stdout
+    assert " efi_pstore " in table and "efidisk0 store 15% used" in table, table
 
 
 @needs_efi
