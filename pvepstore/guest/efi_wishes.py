@@ -6,7 +6,8 @@ keeps them in the VM's ``efidisk0`` (panic-capable-backends.md, efi-pstore).  In
 * no ``options efi_pstore pstore_disable=Y`` (the shared modprobe file of the other backends is
   not wanted: the plan engine removes or restores it) and no pstore_blk/ramoops units (idem);
 * ``/etc/pvepstore/efi-load.sh`` + ``pvepstore-efi.service``: early at every boot, caps the dump
-  size (``pstore.kmsg_bytes``, read at dump time), sets ``printk.always_kmsg_dump`` as configured
+  size (``pstore.kmsg_bytes``, read at dump time; set through pstorefs' ``kmsg_bytes=`` mount
+  option, the module parameter is read-only), sets ``printk.always_kmsg_dump`` as configured
   and loads efi_pstore before systemd-pstore (Debian 12's systemd-pstore.service also pulls
   ``modprobe@efi_pstore``; the unit makes it independent of that);
 * the same ``Unlink=no`` drop-in: records stay until the host has archived them and clears them.
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 from . import rules
 from .changes import VerifyResult, run
-from .layout import DROPIN, DROPIN_REASON, HEADER, PSTORE_DROPIN
+from .layout import DROPIN, DROPIN_REASON, HEADER, MODPROBE_CONF, PSTORE_DROPIN
 from .plan import GuestWishes, WantedFile
 from .probe import KMOD_BLK, KMOD_EFI, KMOD_RAMOOPS, Capability, ProbeReport
 
@@ -54,7 +55,11 @@ def files(s: EfiSettings) -> tuple[WantedFile, ...]:
               "# Caps efi_pstore's dumps and loads it before systemd-pstore; never fails the boot.\n"
               "PATH=/usr/sbin:/usr/bin:/sbin:/bin\n"
               "[ -d /sys/firmware/efi ] || { echo \"pvepstore: not booted through UEFI: no efi_pstore\"; exit 0; }\n"
-              f"echo {s.kmsg_bytes} > /sys/module/pstore/parameters/kmsg_bytes 2>/dev/null\n"
+              # the kmsg_bytes module parameter is read-only (0444); pstorefs' mount option sets it
+              "if grep -qs ' /sys/fs/pstore pstore ' /proc/mounts; then\n"
+              f"    mount -o remount,kmsg_bytes={s.kmsg_bytes} /sys/fs/pstore\n"
+              f"else mount -t pstore -o kmsg_bytes={s.kmsg_bytes} pstore /sys/fs/pstore\n"
+              "fi\n"
               f"echo {'Y' if s.always_kmsg_dump else 'N'} > /sys/module/printk/parameters/always_kmsg_dump 2>/dev/null\n"
               "modprobe efi_pstore 2>/dev/null\n"
               "echo \"pvepstore: pstore backend $(cat /sys/module/pstore/parameters/backend 2>/dev/null)\"\n")
@@ -82,16 +87,47 @@ def configured(r: ProbeReport) -> bool:
     return r.backend == PSTORE_NAME
 
 
+def _disables(line: str) -> bool:
+    w = line.split()
+    return w[:2] == ["options", KMOD_EFI] and any(
+        x.split("=", 1)[0] == "pstore_disable" and x.split("=", 1)[1:] in (["Y"], ["y"], ["1"]) for x in w[2:])
+
+
+def disabled_elsewhere(r: ProbeReport) -> bool:
+    """pstore_disable=Y set by something other than pvepstore's shared modprobe file (which the plan
+    takes away): another modprobe.d line or the kernel command line.  That one must go by hand."""
+    own = r.files.get(MODPROBE_CONF)
+    ours = sum(map(_disables, (own.content or b"").decode("utf-8", "replace").splitlines())) if own else 0
+    if sum(map(_disables, r.modprobe_config)) > ours:
+        return True
+    return any(w.split("=", 1)[0] == "efi_pstore.pstore_disable" and w.split("=", 1)[1:] in (["Y"], ["y"], ["1"])
+               for w in r.cmdline.split())
+
+
+def loads_now(r: ProbeReport) -> bool:
+    """efi_pstore can register during apply (the change script's ``load-efi``): pstore's slot is free or
+    freed by the plan (pstore_blk, ramoops unloaded), efi_pstore is a module (a built-in one ran its
+    init at boot, once) and nothing but pvepstore's own modprobe option, which the plan removes,
+    disables it."""
+    return (r.efi and r.efi_pstore_available and r.backend in (None, KMOD_BLK, KMOD_RAMOOPS)
+            and KMOD_EFI not in r.builtin_modules and r.loaded.get(KMOD_EFI) != "builtin"
+            and not disabled_elsewhere(r))
+
+
 def wishes(r: ProbeReport, s: EfiSettings) -> GuestWishes:
     w = GuestWishes(backend=TARGET, settings=s.to_json(), files=files(s), module=MODULE)
     if r.backend == KMOD_BLK:
         w.actions.append(run("unload-module", "switching from pstore_blk"))
     elif r.backend == KMOD_RAMOOPS:
         w.actions.append(run("unload-ramoops", "switching from the ivshmem backend"))
-    # efi_pstore registers at module load only, and a module loaded with pstore_disable=Y stays
-    # off until unloaded: the guest's next boot (the unit) is the one sure activation
+    # efi_pstore registers at module load only: load-efi (re)loads it through the unit once the
+    # plan's files are in place; where it cannot (built in, disabled by another option, the slot
+    # held by something pvepstore does not unload) the guest's next boot is the activation
     if r.backend != PSTORE_NAME:
-        w.reboot_required = True
+        if loads_now(r):
+            w.actions.append(run("load-efi", "register efi_pstore now (pstore's slot is free)"))
+        else:
+            w.reboot_required = True
     return w
 
 
@@ -133,7 +169,9 @@ def _problems(r: ProbeReport, add: rules.Add) -> None:
             "remove the blacklist line (pvepstore's unit loads it by name, which a blacklist does not stop)")
     if r.efi_pstore_disabled:
         add("efi-pstore-disabled", "fix", "efi_pstore is disabled (pstore_disable=Y)",
-            "the plan removes pvepstore's own modprobe option; another one must go by hand; reboot")
+            "another modprobe option or efi_pstore.pstore_disable= on the kernel command line must go by "
+            "hand; reboot" if disabled_elsewhere(r) else "the plan removes pvepstore's own modprobe option "
+            "and reloads efi_pstore")
     if r.backend == "erst":
         add("backend-erst", "blocker", "the built-in ACPI ERST backend holds pstore's single slot",
             "remove the acpi-erst device from the VM")
@@ -141,7 +179,7 @@ def _problems(r: ProbeReport, add: rules.Add) -> None:
         add("backend-other", "warning", f"backend {r.backend} holds pstore's single slot", "")
     elif r.backend in (KMOD_BLK, KMOD_RAMOOPS):
         add("backend-switch", "fix", f"{r.backend} holds pstore's single slot (switching backends)",
-            "unload it; efi_pstore registers at the next boot")
+            "unload it; efi_pstore registers " + ("then" if loads_now(r) else "at the next boot"))
     if r.efi and r.efi_pstore_available and r.backend != PSTORE_NAME and not r.efi_pstore_disabled:
         add("not-configured", "fix", "efi_pstore is not registered", "a boot-time unit that loads it")
 
@@ -156,16 +194,17 @@ def _checks(r: ProbeReport, s: dict, add: rules.CheckAdd) -> None:
     add("backend", r.backend == PSTORE_NAME, f"backend is {r.backend or 'none'} (want {PSTORE_NAME})")
     add("efi_pstore enabled", not r.efi_pstore_disabled,
         "pstore_disable=Y is set" if r.efi_pstore_disabled else "not disabled")
+    # the loader sets both at every boot; pstore reads them at dump time, so they must hold now
+    want = s.get("kmsg_bytes")
+    if isinstance(want, int):
+        add("kmsg_bytes", r.kmsg_bytes == want, f"pstore.kmsg_bytes is {r.kmsg_bytes} (want {want})")
+    if s.get("always_kmsg_dump"):
+        add("always_kmsg_dump", r.always_kmsg_dump is True,
+            "printk.always_kmsg_dump is " + {True: "Y", False: "N", None: "unknown"}[r.always_kmsg_dump] + " (want Y)")
 
 
 def verify(r: ProbeReport) -> VerifyResult:
-    """efi_pstore registered, its unit enabled; the shared checks except "efi_pstore kept out"
-    (rules.verify_with asks that of the backends efi_pstore competes with; here it is the backend)."""
-    res = rules.verify_with(r, _checks, boot_link=UNIT_LINK, service=r.units.get(SERVICE, {}),
-                            service_name=SERVICE)
-    drop = {"efi_pstore kept out"}
-    if SERVICE not in r.units:  # this probe does not report the unit's state (its files are checked)
-        drop.add("boot unit")
-    checks = [c for c in res.checks if c[0] not in drop]
-    problems = [f"{n}: {d}" if d else n for n, ok, d in checks if not ok]
-    return VerifyResult(ok=not problems, checks=checks, problems=problems)
+    """efi_pstore registered with the configured dump settings, its unit enabled and active; the shared
+    checks but "efi_pstore kept out" (asked of the backends efi_pstore competes with)."""
+    return rules.verify_with(r, _checks, boot_link=UNIT_LINK, service=r.units.get(SERVICE, {}),
+                             service_name=SERVICE, efi_kept_out=False)

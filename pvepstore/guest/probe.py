@@ -87,6 +87,8 @@ class ProbeReport:
     efi_pstore_available: bool = False
     efi_pstore_blacklisted: bool = False
     efi_pstore_disabled: bool = False  # options efi_pstore pstore_disable=Y (or the live parameter)
+    kmsg_bytes: int | None = None  # pstore.kmsg_bytes now (bytes per dmesg dump); None: pstore not loaded
+    always_kmsg_dump: bool | None = None  # printk.always_kmsg_dump now (dumps at clean shutdown/reboot too)
     ramoops: str = "missing"  # module | builtin | missing
     ramoops_params: dict[str, str] = field(default_factory=dict)
     ivshmem: IvshmemDevice | None = None
@@ -148,6 +150,7 @@ class ProbeReport:
             "efi": self.efi, "erst": self.erst, "efi_pstore_available": self.efi_pstore_available,
             "efi_pstore_blacklisted": self.efi_pstore_blacklisted,
             "efi_pstore_disabled": self.efi_pstore_disabled,
+            "kmsg_bytes": self.kmsg_bytes, "always_kmsg_dump": self.always_kmsg_dump,
             "target": self.target, "ramoops": self.ramoops, "ramoops_params": self.ramoops_params,
             "ivshmem": self.ivshmem.to_json() if self.ivshmem else None,
             "ramoops_service": self.ramoops_service,
@@ -270,6 +273,10 @@ def build_report(reply: Reply, serial: str, disk_bytes: int | None) -> ProbeRepo
                 r.blk_params[key.rsplit("/", 1)[1]] = decode(f[1], 256).strip()
             elif key.startswith("ramoops/parameters/"):
                 r.ramoops_params[key.rsplit("/", 1)[1]] = decode(f[1], 256).strip()
+            elif key == "pstore/parameters/kmsg_bytes":
+                r.kmsg_bytes = _int(decode(f[1], 32))
+            elif key == "printk/parameters/always_kmsg_dump":
+                r.always_kmsg_dump = _flag(decode(f[1], 16))
             elif key == "efi_pstore/parameters/pstore_disable":
                 r.loaded.setdefault(KMOD_EFI, "live")
                 if _flag(decode(f[1], 16)):

@@ -53,7 +53,9 @@ elif [ -r /proc/config.gz ]; then
     e kconfig "$(zcat /proc/config.gz | grep -E '^(# )?CONFIG_(PSTORE[A-Z0-9_]*|EFI_VARS_PSTORE[A-Z_]*|ACPI_APEI[A-Z_]*|VIRTIO_BLK)[ =]' | head -c 8192)"
 fi
 e backend "$(cat /sys/module/pstore/parameters/backend 2>/dev/null)"
-for p in /sys/module/pstore_blk/parameters/* /sys/module/ramoops/parameters/* /sys/module/efi_pstore/parameters/pstore_disable; do
+# pstore.kmsg_bytes and printk.always_kmsg_dump: what efi_pstore's loader sets (read at dump time)
+for p in /sys/module/pstore_blk/parameters/* /sys/module/ramoops/parameters/* /sys/module/efi_pstore/parameters/pstore_disable \
+         /sys/module/pstore/parameters/kmsg_bytes /sys/module/printk/parameters/always_kmsg_dump; do
     [ -f "$p" ] && e param "${p#/sys/module/}" "$(head -c 256 "$p" 2>/dev/null)"
 done
 [ -d /sys/firmware/efi ] && e efi yes
@@ -73,6 +75,7 @@ if command -v systemctl >/dev/null 2>&1; then
     e unit systemd-pstore.service "$(systemctl is-enabled systemd-pstore.service 2>/dev/null)" "$(systemctl is-active systemd-pstore.service 2>/dev/null)"
     e unit pvepstore-blk.service "$(systemctl is-enabled pvepstore-blk.service 2>/dev/null)" "$(systemctl is-active pvepstore-blk.service 2>/dev/null)"
     e unit pvepstore-ramoops.service "$(systemctl is-enabled pvepstore-ramoops.service 2>/dev/null)" "$(systemctl is-active pvepstore-ramoops.service 2>/dev/null)"
+    e unit pvepstore-efi.service "$(systemctl is-enabled pvepstore-efi.service 2>/dev/null)" "$(systemctl is-active pvepstore-efi.service 2>/dev/null)"
     e pstore_conf "$(systemd-analyze cat-config systemd/pstore.conf 2>/dev/null | head -c 16384)"
 fi
 for t in update-grub update-initramfs blkdiscard blkid systemd-analyze journalctl; do
@@ -86,7 +89,9 @@ for p in /etc/modprobe.d/pvepstore.conf /etc/systemd/system/pvepstore-blk.servic
          /etc/systemd/system/sysinit.target.wants/pvepstore-blk.service \
          /etc/systemd/pstore.conf.d/99-pvepstore.conf /var/lib/pvepstore/manifest.json /var/lib/pvepstore/paths \
          /etc/systemd/system/pvepstore-ramoops.service /etc/systemd/system/sysinit.target.wants/pvepstore-ramoops.service \
-         /etc/pvepstore/ramoops-load.sh /etc/systemd/system/systemd-pstore.service; do
+         /etc/pvepstore/ramoops-load.sh /etc/systemd/system/systemd-pstore.service \
+         /etc/systemd/system/pvepstore-efi.service /etc/systemd/system/sysinit.target.wants/pvepstore-efi.service \
+         /etc/pvepstore/efi-load.sh; do
     f "$p"
 done
 if [ -f /var/lib/pvepstore/paths ]; then  # every file in the manifest, one per line
@@ -245,6 +250,12 @@ action() {
         reload-ramoops) modprobe -r ramoops 2>/dev/null; systemctl restart pvepstore-ramoops.service 2>/dev/null
             [ "$(cat /sys/module/pstore/parameters/backend 2>/dev/null)" = ramoops ] && e ran "$1" || e fail "$1" "ramoops did not register";;
         unload-ramoops) if modprobe -r ramoops 2>/dev/null; then e ran "$1"; else e fail "$1" "still in use"; fi;;
+        # efi_pstore registers at module load only, and a copy loaded while pstore_disable=Y was set
+        # or the slot was taken stays loaded unregistered: unload that one (never a registered one)
+        # and let the unit load it with the current modprobe.d (the plan's files are written by now)
+        load-efi) [ "$(cat /sys/module/pstore/parameters/backend 2>/dev/null)" = efi ] || modprobe -r efi_pstore 2>/dev/null
+            systemctl restart pvepstore-efi.service 2>/dev/null
+            [ "$(cat /sys/module/pstore/parameters/backend 2>/dev/null)" = efi ] && e ran "$1" || e fail "$1" "efi_pstore did not register";;
         mark-disk) : > "$STATE/initialized-$2"; e ran "$1";;
         wipe-disk) wipe "$2" "$3" || return 1;;
         update-grub) if command -v update-grub >/dev/null; then update-grub >/dev/null 2>&1 && e ran "$1" || e fail "$1" ""; else e fail "$1" "update-grub not found"; fi;;

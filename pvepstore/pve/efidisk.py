@@ -70,25 +70,14 @@ def find_efidisk(conf: dict) -> EfiDisk | None:
 def volume_of(cfg: Config, disk: EfiDisk) -> HostVolume:
     """The efidisk's volume and its path on this node.
 
-    :func:`.hostvol.resolve_volume` refuses non-raw volumes (right for pstore_blk, whose disk is
-    written on the host); a qcow2 efidisk is only ever read here, through the qcow2 reader, so its
-    path is resolved as the raw sibling name and the real file name put back (dir-type storages
-    only: that is where PVE puts qcow2)."""
-    paths = cfg.paths
-    storages = load_storages(paths)
-    if disk.format == "raw":
-        return resolve_volume(paths, storages, disk.volid, "raw")
-    if disk.format != "qcow2":
+    A qcow2 efidisk is accepted (``read_only_formats``): it is only ever read here, and the qcow2
+    reader gives the guest's view; :func:`.hostvol.resolve_volume` keeps refusing it where the
+    bytes would not be a qcow2 file (LVM) and for pstore_blk, whose disk the host writes."""
+    if disk.format not in ("raw", "qcow2"):
         raise InputError(f"{disk.volid}: efidisk0 has format {disk.format}: only raw and qcow2 are read",
                          hint="move the EFI disk to raw or qcow2 (qm disk move --format raw)")
-    if not disk.volid.endswith(".qcow2"):
-        raise InputError(f"{disk.volid}: a qcow2 efidisk0 outside a directory storage is not supported",
-                         hint="move the EFI disk to a dir storage or to raw")
-    stand_in = resolve_volume(paths, storages, disk.volid[:-len(".qcow2")] + ".raw", "raw")
-    if stand_in.lv is not None:
-        raise InputError(f"{disk.volid}: qcow2 on {stand_in.type} is not supported", hint="use raw there")
-    real = stand_in.path.with_name(Path(stand_in.path.name).stem + ".qcow2")
-    return HostVolume(disk.volid, stand_in.storage, stand_in.type, real)
+    return resolve_volume(cfg.paths, load_storages(cfg.paths), disk.volid, disk.format,
+                          read_only_formats=("qcow2",))
 
 
 def read_file(path: Path, *, max_bytes: int = MAX_FILE_BYTES) -> bytes:

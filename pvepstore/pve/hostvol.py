@@ -17,7 +17,8 @@ zfspool  ``/dev/zvol/<pool>/<name>``                             none (always pr
 An LV is activated only when ``lvs`` says it is inactive, and only what was
 activated here is deactivated again. RBD, iSCSI and ZFS-over-iSCSI are refused
 with a hint; so are non-raw volumes (qcow2/vmdk: the bytes on disk are not the
-guest's view).
+guest's view), except the ``read_only_formats`` a consumer that only reads and
+translates the format itself accepts (efidisk0's qcow2 files on directory storages).
 """
 
 from __future__ import annotations
@@ -74,7 +75,10 @@ class HostVolume:
 
 
 def resolve_volume(paths: HostPaths, storages: dict[str, dict[str, str]], volid: str,
-                   drive_format: str | None = None) -> HostVolume:
+                   drive_format: str | None = None, *, read_only_formats: tuple[str, ...] = ()) -> HostVolume:
+    """``read_only_formats``: formats besides raw that the caller accepts because it never writes
+    the volume and reads the format itself; only on file storages (dir, nfs, ...), where such a
+    volume is a file ``<name>.<format>`` (on LVM the bytes would be a volume chain's)."""
     storeid, sep, volname = volid.partition(":")
     if not sep or not volname:
         raise PveError(f"{volid!r} is not a storage volume", hint="pvepstore reads only PVE-managed volumes")
@@ -82,15 +86,19 @@ def resolve_volume(paths: HostPaths, storages: dict[str, dict[str, str]], volid:
     if st is None:
         raise PveError(f"storage {storeid!r} of {volid} is not in {paths.storage_cfg}")
     typ = st["type"]
-    if drive_format and drive_format != "raw":
-        raise InputError(f"{volid} is attached with format={drive_format}: only raw volumes can be read on the host",
-                         hint="re-create the pstore disk with format=raw (pvepstore unprovision --delete-disk; provision)")
+    formats = ("raw",) + (read_only_formats if typ in FILE_TYPES else ())
+    hint = ("move the volume to raw or to a directory storage (qm disk move)" if read_only_formats
+            else "re-create the pstore disk with format=raw")
+    if drive_format and drive_format not in formats:
+        raise InputError(f"{volid} is attached with format={drive_format}: only {'/'.join(formats)} volumes can "
+                         "be read on the host", hint=hint if read_only_formats
+                         else hint + " (pvepstore unprovision --delete-disk; provision)")
     if typ in FILE_TYPES or typ == "btrfs":
         m = re.fullmatch(r"(\d+)/([^/]+)", volname)
         if not m or not NAME_RE.match(m.group(2)):
             raise PveError(f"cannot parse the volume name of {volid}")
         name = m.group(2)
-        _require_raw(volid, name)
+        _require_format(volid, name, formats, hint)
         if st.get("path"):
             base = paths.storage_path(st["path"])
         elif typ != "dir":
@@ -105,7 +113,7 @@ def resolve_volume(paths: HostPaths, storages: dict[str, dict[str, str]], volid:
         if not NAME_RE.match(volname):
             raise PveError(f"cannot parse the volume name of {volid}")
         if volname.endswith(".qcow2"):
-            _require_raw(volid, volname)
+            _require_format(volid, volname, formats, hint)
         vg = st.get("vgname")
         if not vg:
             raise PveError(f"storage {storeid} has no vgname in storage.cfg")
@@ -119,11 +127,11 @@ def resolve_volume(paths: HostPaths, storages: dict[str, dict[str, str]], volid:
                         "(disk.storage), or read it through the running guest")
 
 
-def _require_raw(volid: str, name: str) -> None:
-    if not name.endswith(".raw") and "." in name:
+def _require_format(volid: str, name: str, formats: tuple[str, ...], hint: str) -> None:
+    if "." in name and name.rsplit(".", 1)[1] not in formats:
         fmt = name.rsplit(".", 1)[1]
-        raise InputError(f"{volid} is a {fmt} volume: only raw volumes can be read on the host",
-                         hint="re-create the pstore disk with format=raw")
+        raise InputError(f"{volid} is a {fmt} volume: only {'/'.join(formats)} volumes can be read on the host",
+                         hint=hint)
 
 
 def lv_active(runner: CommandRunner, lv: str) -> bool:

@@ -14,8 +14,12 @@ from .conftest import assessed, fake_guest, file_item, plan_for, probe_items, pr
 from .test_ramoops_wishes import state_after, written
 
 
-def efi_state_after(plans):
-    """Probe output of a UEFI guest after ``plans``: efi_pstore registered, no modprobe option."""
+def efi_state_after(plans, *extra, unit=("enabled", "active"), kmsg_bytes=None, always_kmsg_dump=None):
+    """Probe output of a UEFI guest after ``plans``: efi_pstore registered, no modprobe option, the
+    unit in state ``unit`` and the dump parameters as the last plan's settings (unless given)."""
+    s = plans[-1].settings or {}
+    kmsg = s.get("kmsg_bytes", 10240) if kmsg_bytes is None else kmsg_bytes
+    always = s.get("always_kmsg_dump", False) if always_kmsg_dump is None else always_kmsg_dump
     files: dict[str, bytes] = {}
     links: dict[str, str] = {}
     for plan in plans:
@@ -26,9 +30,11 @@ def efi_state_after(plans):
                 links[c.path] = c.arg
     items = [file_item(p, b, "600" if p.startswith("/var/lib/") else "644") for p, b in files.items()]
     items += [("link", p, t) for p, t in links.items()] + [("dir", "/var/lib/pvepstore")]
-    items += [("backend", "efi"), ("loaded", "efi_pstore", "live"), ("efi", "yes")]
+    items += [("backend", "efi"), ("loaded", "efi_pstore", "live"), ("efi", "yes"),
+              ("unit", "pvepstore-efi.service", *unit), ("param", "pstore/parameters/kmsg_bytes", str(kmsg)),
+              ("param", "printk/parameters/always_kmsg_dump", "Y" if always else "N")]
     base = [i for i in probe_items(unlink="no", disk=False) if i[0] != "backend"]
-    return Recorded("probe", 0, reply(*(base + items)))
+    return Recorded("probe", 0, reply(*(base + items + list(extra))))
 
 
 def probe(g):
@@ -45,7 +51,9 @@ def test_stock_uefi_guest_keeps_efi_pstore_in_the_slot():
     plan = plan_for(g, r, kmsg_bytes=8192, always_kmsg_dump=True)
     out = written(plan)
     assert set(out) >= {LOADER, UNIT, PSTORE_DROPIN} and MODPROBE_CONF not in out
-    assert b"echo 8192 > /sys/module/pstore/parameters/kmsg_bytes" in out[LOADER]
+    # pstore's kmsg_bytes parameter is 0444: pstorefs' mount option is what sets it
+    assert b"mount -o remount,kmsg_bytes=8192 /sys/fs/pstore" in out[LOADER]
+    assert b"/sys/module/pstore/parameters/kmsg_bytes" not in out[LOADER]
     assert b"echo Y > /sys/module/printk/parameters/always_kmsg_dump" in out[LOADER]
     assert b"pstore_disable" not in b"".join(out.values())
     assert ("link", UNIT_LINK) in [(c.op, c.path) for c in plan.changes]
@@ -70,8 +78,37 @@ def test_switch_from_pstore_blk_undoes_its_files_and_unloads_it():
     ops = [(c.op, c.path) for c in plan.changes]
     # ... and the plan engine takes that file and pstore_blk's unit back (they were absent before)
     assert ("restore", MODPROBE_CONF) in ops and ("restore", BLK_UNIT) in ops and ("write", UNIT) in ops
-    assert ("run", "unload-module") in ops and plan.reboot_required
+    # pstore_blk's option was the only one keeping efi_pstore out: unloaded, the slot is free and
+    # load-efi registers efi_pstore at once, after the files and systemd's reload
+    assert ops.index(("run", "unload-module")) < ops.index(("run", "load-efi"))
+    assert ops.index(("restore", MODPROBE_CONF)) < ops.index(("run", "daemon-reload")) < ops.index(("run", "load-efi"))
+    assert not plan.reboot_required
     assert "switches this guest from the pstore_blk backend to efi_pstore" in "\n".join(plan.describe())
+    fixes = {p.code: p.fix for p in r.problems}
+    assert "reloads efi_pstore" in fixes["efi-pstore-disabled"] and fixes["backend-switch"].endswith("then")
+
+
+def test_free_slot_gets_efi_pstore_now():
+    g, _ = fake_guest(probe_reply(efi=True, disk=False))  # backend (null): nothing holds the slot
+    plan = plan_for(g, probe(g))
+    ops = [(c.op, c.path) for c in plan.changes]
+    assert ops[-2:] == [("run", "daemon-reload"), ("run", "load-efi")] and not plan.reboot_required
+
+
+def test_reboot_when_efi_pstore_cannot_register_now():
+    # built in: its init ran once at boot
+    g, _ = fake_guest(probe_reply(("builtin", "kernel/drivers/firmware/efi/efi-pstore.ko\n"), efi=True, disk=False))
+    plan = plan_for(g, probe(g))
+    assert plan.reboot_required and ("run", "load-efi") not in [(c.op, c.path) for c in plan.changes]
+    # disabled by an option that is not pvepstore's: a reload would not register it either
+    g, _ = fake_guest(probe_reply(("modprobe_c", "options efi_pstore pstore_disable=Y\n"), efi=True, disk=False))
+    r = probe(g)
+    plan = plan_for(g, r)
+    assert plan.reboot_required and "load-efi" not in [c.path for c in plan.changes]
+    assert "must go by hand" in {p.code: p.fix for p in r.problems}["efi-pstore-disabled"]
+    # ... nor one on the kernel command line
+    g, _ = fake_guest(probe_reply(("cmdline", "root=/dev/vda efi_pstore.pstore_disable=1"), efi=True, disk=False))
+    assert plan_for(g, probe(g)).reboot_required
 
 
 def test_verify_after_apply():
@@ -82,8 +119,32 @@ def test_verify_after_apply():
     names = [c[0] for c in v.checks]
     assert v.ok, v.problems
     assert "backend" in names and "efi_pstore kept out" not in names
+    assert ("boot unit", True, "pvepstore-efi.service enabled, active") in v.checks
+    assert ("kmsg_bytes", True, "pstore.kmsg_bytes is 10240 (want 10240)") in v.checks
+    assert "always_kmsg_dump" not in names  # not configured: not asked
     t.add(efi_state_after([plan]))
     assert plan_for(g, probe(g)).empty  # applied: nothing more to do
+
+
+def test_verify_fails_on_the_unit_and_the_dump_parameters():
+    g, t = fake_guest(probe_reply(backend="efi", efi=True, disk=False))
+    plan = plan_for(g, probe(g), kmsg_bytes=8192, always_kmsg_dump=True)
+    t.add(efi_state_after([plan]))
+    v = verify_for(g, "efi_pstore")
+    assert v.ok and ("always_kmsg_dump", True, "printk.always_kmsg_dump is Y (want Y)") in v.checks, v.problems
+    t.add(efi_state_after([plan], unit=("enabled", "failed"), kmsg_bytes=10240, always_kmsg_dump=False))
+    v = verify_for(g, "efi_pstore")
+    assert not v.ok and v.problems == ["kmsg_bytes: pstore.kmsg_bytes is 10240 (want 8192)",
+                                       "always_kmsg_dump: printk.always_kmsg_dump is N (want Y)",
+                                       "boot unit: pvepstore-efi.service enabled, failed"]
+
+
+def test_pstore_blk_verify_still_asks_efi_pstore_kept_out():
+    g, t = fake_guest(probe_reply(efi=True))
+    blk = plan_for(g, assessed(g, serial="pvepstore", disk_bytes=512 << 20))
+    t.add(state_after([blk], "pstore_blk", ("efi", "yes")))
+    assert ("efi_pstore kept out", True, "cannot take the backend slot at the next boot") in verify_for(g).checks
+
 
 def test_files_are_own_paths():
     assert {f.path for f in files(EfiSettings())} == {LOADER, UNIT, UNIT_LINK, PSTORE_DROPIN}

@@ -90,3 +90,15 @@ def test_incomplete_output_blocks():
 def test_hostile_text_stays_data():
     r = probe(("osrelease", 'PRETTY_NAME="\x1b]0;pwned\x07Debian"\n'))
     assert r.to_json()  # serialisable; the CLI shows it through terminal_safe
+
+
+def test_efi_unit_and_dump_parameters_are_facts():
+    r = probe(("unit", "pvepstore-efi.service", "enabled", "active"),
+              ("param", "pstore/parameters/kmsg_bytes", "8192\n"), ("param", "printk/parameters/always_kmsg_dump", "Y"))
+    assert r.units["pvepstore-efi.service"] == {"enabled": "enabled", "active": "active"}
+    assert (r.kmsg_bytes, r.always_kmsg_dump) == (8192, True)
+    assert r.to_json()["kmsg_bytes"] == 8192 and r.to_json()["always_kmsg_dump"] is True
+    assert not r.blk_params and not r.ramoops_params  # not mistaken for a backend's parameters
+    # absent (pstore not loaded) or garbled: unknown, never a guess
+    r = probe(("param", "pstore/parameters/kmsg_bytes", "lots"), ("param", "printk/parameters/always_kmsg_dump", "?"))
+    assert (r.kmsg_bytes, r.always_kmsg_dump) == (None, None) and (probe().kmsg_bytes, probe().always_kmsg_dump) == (None, None)

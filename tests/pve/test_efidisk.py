@@ -89,3 +89,35 @@ def test_records_of_a_real_fixture(fakepve, tmp_path):
     direct = efi.read_efi(BytesSource(raw.read_bytes()))
     assert [r.data for r in result.records] == [r.data for r in direct.records]
     assert result.records
+
+
+def test_read_only_formats_resolve_qcow2_files_only(fakepve):
+    from pvepstore.errors import InputError
+    from pvepstore.pve.hostvol import load_storages, resolve_volume
+
+    storages = load_storages(fakepve.paths)
+    vol = resolve_volume(fakepve.paths, storages, "local:100/vm-100-disk-0.qcow2", "qcow2",
+                         read_only_formats=("qcow2",))
+    assert vol.path.name == "vm-100-disk-0.qcow2" and vol.path.parent.name == "100" and vol.lv is None
+    with pytest.raises(InputError, match="is a qcow2 volume: only raw volumes"):  # pstore_blk's writers
+        resolve_volume(fakepve.paths, storages, "local:100/vm-100-disk-0.qcow2")
+    with pytest.raises(InputError, match="is a vmdk volume: only raw/qcow2 volumes"):
+        resolve_volume(fakepve.paths, storages, "local:100/vm-100-disk-0.vmdk", read_only_formats=("qcow2",))
+    # on LVM a qcow2 volume is not a qcow2 file: refused with a hint for the read-only consumer
+    with pytest.raises(InputError, match="format=qcow2: only raw volumes") as err:
+        resolve_volume(fakepve.paths, storages, "local-lvm:vm-100-disk-0.qcow2", "qcow2",
+                       read_only_formats=("qcow2",))
+    assert "qm disk move" in err.value.hint
+
+
+def test_efidisk_volume_of_qcow2_and_refusals(fakepve):
+    from pvepstore.errors import InputError
+
+    cfg, vol = efi_vm(fakepve, "local", "qcow2")
+    disk = efidisk.find_efidisk({"efidisk0": f"{vol.volid},efitype=4m"})
+    got = efidisk.volume_of(cfg, disk)
+    assert got.volid == vol.volid and got.path == vol.backing and got.type == "dir"
+    with pytest.raises(InputError, match="format vmdk: only raw and qcow2"):
+        efidisk.volume_of(cfg, efidisk.find_efidisk({"efidisk0": "local:100/vm-100-disk-0.vmdk"}))
+    with pytest.raises(InputError, match="format=qcow2: only raw volumes"):
+        efidisk.volume_of(cfg, efidisk.find_efidisk({"efidisk0": "local-lvm:vm-100-disk-0,format=qcow2"}))
