@@ -38,8 +38,12 @@ def headline(record: Record, width: int = 100, *, analyse: bool = True) -> str:
 
 
 def describe_layout(result: ParseResult) -> str:
-    """One line for a pstore_blk or a ramoops layout (both have a dmesg grid and front zones)."""
+    """One line for a layout: pstore_blk and ramoops have a dmesg grid and front zones, efi a store."""
     doc = result.layout.to_json()
+    if doc.get("format") == "efi":  # a variable store: no zone grid, its fill level is what matters
+        return (f"layout: OVMF variable store, {doc['used_bytes']}/{doc['store_size']} bytes used "
+                f"({doc['used_percent']}%), {doc['live_bytes']} live, {doc['pstore_bytes']} bytes in "
+                f"{doc['pstore_variables']} efi_pstore variables")
     dmesg = doc["dmesg"]
     parts = [f"{dmesg['count']} dmesg zones of {_size(dmesg['zone_size'])} at {dmesg['base']:#x}"]
     for zone in doc["zones"][:16]:

@@ -61,9 +61,10 @@ class EfiStore:
 
 
 class EfiLayout:
-    def __init__(self, vs: VarStore, store: EfiStore) -> None:
+    def __init__(self, vs: VarStore, store: EfiStore, device_size: int = 0) -> None:
         self.varstore = vs
         self.store = store
+        self.device_size = device_size  # the whole vars file (the FV may be followed by more)
         # the records are found from the variable headers, as the firmware finds them
         self.discovery = {"confidence": "high" if vs.store_size else "none", "from": "variable headers"}
 
@@ -189,7 +190,7 @@ def read_efi(src: ByteSource, *, forensic: bool = False, options=None,
     live_crash = [v for v in crash if v.live]
     store = EfiStore(vs.store_size, vs.used_bytes, vs.live_bytes,
                      sum(_aligned(v) for v in live_crash), len(live_crash))
-    result = EfiResult(src.name, 0, EfiLayout(vs, store), findings=findings)
+    result = EfiResult(src.name, 0, EfiLayout(vs, store, src.size), findings=findings)
     listed, why = firmware_enumeration(vs.variables)
     if why:
         findings.append(Finding(Severity.ERROR, why + ": the kernel's listing stops there", kind="efi"))

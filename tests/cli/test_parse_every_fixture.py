@@ -54,7 +54,8 @@ def test_parse_output_mode_on_fixture(fx, mode, tmp_path):
     if mode in ("human", "extract"):
         assert r.stdout.startswith("image: ")
         layout_line = r.stdout.splitlines()[1]
-        assert layout_line.startswith("layout: ") and "dmesg zones" in layout_line
+        assert layout_line.startswith("layout: ")
+        assert ("OVMF variable store" if fx.format == "efi" else "dmesg zones") in layout_line
         for name in view:
             assert f"==> {name} <==" in r.stdout
         if not view:
