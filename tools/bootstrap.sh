@@ -17,7 +17,8 @@ if [ "$want_test" = 1 ]; then
     # tiny oops module against its headers; the guest tests use openssh.
     pkgs+=(qemu-system-x86 qemu-utils busybox-static linux-image-amd64 linux-headers-amd64
            build-essential kmod cpio xz-utils openssh-client openssh-server
-           debootstrap e2fsprogs)  # tests/vm: the debootstrapped Debian guest image
+           debootstrap e2fsprogs  # tests/vm: the debootstrapped Debian guest image
+           ovmf)  # the efi_pstore tests: a real OVMF vars file (and tests/kernel efi fixtures)
 fi
 missing=()
 for p in "${pkgs[@]}"; do
