@@ -41,6 +41,18 @@ class VmWhere:
     local: bool  # the VM belongs to this node (its volume and /dev/shm are here)
 
 
+def check_host_readable(where: VmWhere, *, allow_offline: bool, what: str) -> None:
+    """A stopped VM's records are read on the host: only on the node that owns ``what`` (its
+    volume), and only when the config allows offline reads."""
+    from ..errors import GuestError
+
+    if not where.local:
+        raise GuestError(f"VM {where.vmid} is {where.status} on node {where.node}",
+                         hint=f"{what} can only be read on the node that owns it; run the sweep there")
+    if not allow_offline:
+        raise GuestError(f"VM {where.vmid} is not running", hint="collect.offline is off in the config")
+
+
 @dataclass
 class PveSummary:
     """What a provision result tells about the Proxmox side, for the CLI to lay out:

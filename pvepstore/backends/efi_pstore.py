@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from ..errors import GuestError, PveError, PvepstoreError, UsageError
+from ..errors import PveError, PvepstoreError, UsageError
 from ..guest import efi_wishes
 from ..pipeline.collect import Gathered
 from ..pipeline.handles import GuestVm, guest_vm, not_provisioned_error
@@ -23,7 +23,7 @@ from ..pipeline import preflight
 from ..pve import efidisk, state
 from ..pve.address import resolve_address
 from ..pve.inventory import locate
-from .base import Backend, ProvisionOptions, ProvisionResult, PveSummary, VmWhere
+from .base import Backend, ProvisionOptions, ProvisionResult, PveSummary, VmWhere, check_host_readable
 from .registry import BackendName
 
 if TYPE_CHECKING:
@@ -227,11 +227,7 @@ class EfiPstore(Backend):
             g = guest_vm(cfg, api, ref, choice, connect_guest)
             return EfiGuestVm(g.vmid, g.vm, g.guest, g.max_record_bytes, g.tasks, backend=g.backend,
                               note=g.note, cfg=cfg)
-        if not where.local:
-            raise GuestError(f"VM {vmid} is {where.status} on node {node}",
-                             hint="its efidisk0 can only be read on the node that owns it; run the sweep there")
-        if not allow_offline:
-            raise GuestError(f"VM {vmid} is not running", hint="collect.offline is off in the config")
+        check_host_readable(where, allow_offline=allow_offline, what="its efidisk0")
         if not choice.provisioned:
             conf = api.get(f"nodes/{node}/qemu/{vmid}/config") or {}
             if efidisk.find_efidisk(conf) is None:

@@ -26,7 +26,7 @@ from ..pve import state
 from ..pve.address import resolve_address
 from ..pve.disks import DiskPlan, DiskResult, apply_disk, detach_disk, ensure_disk, inspect, plan_disk, undo_attach
 from ..pve.inventory import locate
-from .base import Backend, ProvisionOptions, ProvisionResult, PveSummary, VmWhere
+from .base import Backend, ProvisionOptions, ProvisionResult, PveSummary, VmWhere, check_host_readable
 from .registry import BackendName
 
 if TYPE_CHECKING:
@@ -225,11 +225,7 @@ class PstoreBlk(Backend):
         vm = {"vmid": vmid, "node": node, "name": ref.name}
         if where.running:
             return guest_vm(cfg, api, ref, choice, connect_guest)
-        if not where.local:
-            raise GuestError(f"VM {vmid} is {where.status} on node {node}",
-                             hint="its volume can only be read on the node that owns it; run the sweep there")
-        if not allow_offline:
-            raise GuestError(f"VM {vmid} is not running", hint="collect.offline is off in the config")
+        check_host_readable(where, allow_offline=allow_offline, what="its volume")
         if not choice.provisioned:
             # Never provisioned and no pstore disk either: there is no volume to read (one API call,
             # only for VMs provision has no record of).
