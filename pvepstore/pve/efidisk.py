@@ -21,10 +21,8 @@ to a temp file (same bytes; tests/pstore/test_qcow2.py checks it against qemu-im
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from ..config import Config
 from ..errors import InputError, PveError, VmBusyError
@@ -34,12 +32,12 @@ from .commands import CommandRunner, SubprocessRunner
 from .hostvol import HostVolume, activated, load_storages, resolve_volume
 from .inventory import local_node
 from .locking import ACQUIRE_TIMEOUT, load_local_config, offline_guard, qemu_pid
+from .snapshot import SNAPSHOT_TRIES, snapshot
 from .vmconfig import parse_drive
 
 KEY = "efidisk0"
 MAX_FILE_BYTES = 64 << 20  # an efidisk is 128 KiB..4 MiB (+ qcow2 metadata); anything larger is refused
 MAX_VIRTUAL_BYTES = 16 << 20  # a qcow2 efidisk's guest view (PVE makes 128K/528K/4M ones)
-SNAPSHOT_TRIES = 5
 
 
 @dataclass(frozen=True)
@@ -97,27 +95,6 @@ def read_file(path: Path, *, max_bytes: int = MAX_FILE_BYTES) -> bytes:
         return bytes(out)
     finally:
         os.close(fd)
-
-
-@dataclass
-class Snapshot:
-    data: bytes
-    reads: int  # how many whole reads it took (2 = the first two agreed)
-    consistent: bool
-
-
-def snapshot(read: Callable[[], bytes], *, tries: int = SNAPSHOT_TRIES, pause: float = 0.02) -> Snapshot:
-    """Read until two consecutive reads agree (at most ``tries`` reads).  A store the firmware keeps
-    rewriting is returned as the last read with ``consistent`` False (the reader then copes with a
-    torn variable: the record's checks fail, the rest stays readable)."""
-    last = read()
-    for n in range(2, max(tries, 2) + 1):
-        time.sleep(pause)
-        cur = read()
-        if cur == last:
-            return Snapshot(cur, n, True)
-        last = cur
-    return Snapshot(last, max(tries, 2), False)
 
 
 def guest_view(data: bytes, disk: EfiDisk, name: str) -> bytes:

@@ -44,6 +44,7 @@ from ..pstore.model import Record
 from ..pstore.ramoops import PRZ_HEADER
 from ..safefs import Dir, kind, trusted_uids
 from . import state
+from .snapshot import snapshot
 
 HOOK_NAME = "pvepstore-hook-{vmid}.sh"
 SHM_MIB = 1  # ivshmem: size=1 (MiB)
@@ -211,14 +212,12 @@ def read_image(cfg: Config, vmid: int, attempts: int = 5) -> IvshmemImage:
             size = os.fstat(fd).st_size
             if size > MAX_SHM:
                 raise InputError(f"{path} is {size} bytes: not a pvepstore ivshmem file")
-            previous = None
-            for _ in range(attempts):  # the guest may be writing: two equal reads make a snapshot
+            def read() -> bytes:
                 f.seek(0)
-                data = f.read(MAX_SHM)
-                if data == previous:
-                    return IvshmemImage(data, source, path)
-                previous = data
-        return IvshmemImage(previous, source, path)  # still changing: the newest read
+                return f.read(MAX_SHM)
+
+            # the guest may be writing: two equal reads make a snapshot (still changing: the newest)
+            return IvshmemImage(snapshot(read, tries=attempts, pause=0).data, source, path)
     raise InputError(f"VM {vmid} has no ivshmem records file ({paths.ivshmem_file(name)})",
                      hint="the VM was never started with the ivshmem backend, or the host rebooted "
                           "before pvepstore saved a copy")

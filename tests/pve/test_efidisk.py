@@ -11,6 +11,7 @@ import pytest
 from pvepstore.backends.efi_pstore import check_vm_config
 from pvepstore.errors import PveError, VmBusyError
 from pvepstore.pve import efidisk
+from pvepstore.pve.snapshot import snapshot
 
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 pytestmark = pytest.mark.skipif(not OVMF_VARS.exists() or not shutil.which("qemu-img"),
@@ -48,10 +49,10 @@ def test_running_vm_snapshot_agrees_twice(fakepve):
 
 def test_snapshot_bounded_when_the_store_keeps_changing():
     n = iter(range(100))
-    snap = efidisk.snapshot(lambda: bytes([next(n)]), tries=4, pause=0)
+    snap = snapshot(lambda: bytes([next(n)]), tries=4, pause=0)
     assert not snap.consistent and snap.reads == 4
     seq = iter([b"a", b"b", b"b"])
-    snap = efidisk.snapshot(lambda: next(seq), tries=5, pause=0)
+    snap = snapshot(lambda: next(seq), tries=5, pause=0)
     assert snap.consistent and snap.reads == 3 and snap.data == b"b"
 
 
