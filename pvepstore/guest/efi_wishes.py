@@ -23,7 +23,8 @@ from . import rules
 from .changes import VerifyResult, run
 from .layout import DROPIN, DROPIN_REASON, HEADER, MODPROBE_CONF, PSTORE_DROPIN
 from .plan import GuestWishes, WantedFile
-from .probe import KMOD_BLK, KMOD_EFI, KMOD_RAMOOPS, Capability, ProbeReport
+from .probe import (KMOD_BLK, KMOD_EFI, KMOD_RAMOOPS, Capability, ProbeReport, cmdline_disables_efi_pstore,
+                    disables_efi_pstore)
 
 TARGET = KMOD_EFI
 MODULE = KMOD_EFI
@@ -87,21 +88,14 @@ def configured(r: ProbeReport) -> bool:
     return r.backend == PSTORE_NAME
 
 
-def _disables(line: str) -> bool:
-    w = line.split()
-    return w[:2] == ["options", KMOD_EFI] and any(
-        x.split("=", 1)[0] == "pstore_disable" and x.split("=", 1)[1:] in (["Y"], ["y"], ["1"]) for x in w[2:])
-
-
 def disabled_elsewhere(r: ProbeReport) -> bool:
     """pstore_disable=Y set by something other than pvepstore's shared modprobe file (which the plan
     takes away): another modprobe.d line or the kernel command line.  That one must go by hand."""
     own = r.files.get(MODPROBE_CONF)
-    ours = sum(map(_disables, (own.content or b"").decode("utf-8", "replace").splitlines())) if own else 0
-    if sum(map(_disables, r.modprobe_config)) > ours:
+    ours = sum(map(disables_efi_pstore, (own.content or b"").decode("utf-8", "replace").splitlines())) if own else 0
+    if sum(map(disables_efi_pstore, r.modprobe_config)) > ours:
         return True
-    return any(w.split("=", 1)[0] == "efi_pstore.pstore_disable" and w.split("=", 1)[1:] in (["Y"], ["y"], ["1"])
-               for w in r.cmdline.split())
+    return cmdline_disables_efi_pstore(r.cmdline)
 
 
 def loads_now(r: ProbeReport) -> bool:

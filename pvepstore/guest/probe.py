@@ -184,6 +184,19 @@ def _int(value: str | None) -> int | None:
         return None
 
 
+def disables_efi_pstore(line: str) -> bool:
+    """A modprobe.d line ``options efi_pstore pstore_disable=<true>``."""
+    w = line.split()
+    return w[:2] == ["options", KMOD_EFI] and any(
+        x.startswith("pstore_disable=") and bool(_flag(x.split("=", 1)[1])) for x in w[2:])
+
+
+def cmdline_disables_efi_pstore(cmdline: str) -> bool:
+    """``efi_pstore.pstore_disable=<true>`` on the kernel command line."""
+    return any(w.startswith("efi_pstore.pstore_disable=") and bool(_flag(w.split("=", 1)[1]))
+               for w in cmdline.split())
+
+
 def _flag(value: str) -> bool | None:
     v = value.strip()
     if v in ("Y", "1", "y", "yes"):
@@ -294,10 +307,7 @@ def build_report(reply: Reply, serial: str, disk_bytes: int | None) -> ProbeRepo
     r.erst = reply.has("erst")
     r.modprobe_config = [ln[:300] for ln in reply.text("modprobe_c").splitlines()][:100]
     r.efi_pstore_blacklisted = any(ln.split()[:2] == ["blacklist", KMOD_EFI] for ln in r.modprobe_config)
-    r.efi_pstore_disabled = r.efi_pstore_disabled or any(
-        ln.split()[:2] == ["options", KMOD_EFI] and any(
-            w.startswith("pstore_disable=") and _flag(w.split("=", 1)[1]) for w in ln.split()[2:])
-        for ln in r.modprobe_config)
+    r.efi_pstore_disabled = r.efi_pstore_disabled or any(map(disables_efi_pstore, r.modprobe_config))
     r.pstorefs = reply.text("pstorefs", limit=32).strip()
     try:
         r.pstore_files = int(reply.text("pstore_files", limit=16).strip() or 0)
