@@ -15,7 +15,8 @@ from .discover import discover_layout
 from .dump import decode_payload
 from .ftrace import merge_by_timestamp, render, split_records
 from .layout import KMSG_HEADER, ZONE_HEADER, BlkLayout, BlkParams, Zone, compute_layout
-from .model import MAX_IMAGE_BYTES, Finding, ImageBudget, Kind, ParseResult, Record, Severity, reason_name
+from .model import (MAX_IMAGE_BYTES, MAX_RECORD_BYTES, Finding, ImageBudget, Kind, ParseResult, Record, Severity,
+                    reason_name)
 from .source import ByteSource
 from .inflate import inflate_raw
 from .zoneformat import BACKEND, KINDS_BY_SIG, KMSG_HDR, KMSG_MAGIC, SIGNATURES, ZONE_HDR
@@ -24,9 +25,6 @@ STOP = object()  # the kernel's listing ends at this zone
 
 SIGNATURE_BYTES = frozenset(sig.to_bytes(4, "little") for sig in SIGNATURES.values())
 
-# A record can never legitimately be larger than this (the largest kmsg_size in
-# use is a few MiB); it bounds memory for hostile or mis-described images.
-MAX_RECORD_BYTES = 32 << 20
 # Zones visited at most (a 128 MiB device with 4 KiB zones has 32768).
 MAX_ZONES = 1 << 20
 HEADER_BATCH = 4096

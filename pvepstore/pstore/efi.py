@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 from .dump import decode_payload, part_header, reason_code
 from .efivars import MAX_STORE_BYTES, EfiVariable, VarState, VarStore, looks_like_varstore, parse_varstore
-from .model import MAX_IMAGE_BYTES, Finding, ImageBudget, Kind, ParseResult, Record, Severity
+from .model import MAX_IMAGE_BYTES, MAX_RECORD_BYTES, Finding, ImageBudget, Kind, ParseResult, Record, Severity
 from .source import ByteSource
 
 EFI_PSTORE_GUID = "cfc8fc79-be2e-4ddc-97f0-9f98bfe298a0"
@@ -31,7 +31,6 @@ _RELEASE = re.compile(rb"(?:Not tainted|Tainted: [A-Z ]{1,40}?|Linux version) (\
 RECORD_SIZE = 1024           # efi_pstore's EFIVARS_DATA_SIZE_MAX (6.1) / record_size default (6.2+)
 STOP_LOOP = 65536            # pstore_get_backend_records(): reads per mount at most
 EFI_VARIABLE_RUNTIME_ACCESS = 0x4
-MAX_RECORD_BYTES = 32 << 20
 # pstore_type_to_name() (fs/pstore/platform.c), enum pstore_type_id order
 TYPE_NAMES = ("dmesg", "mce", "console", "ftrace", "rtas", "powerpc-ofw", "powerpc-common",
               "pmsg", "powerpc-opal")

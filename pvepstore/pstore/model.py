@@ -178,6 +178,9 @@ class _LazyList(list):
         return bool(self._items)
 
 
+# A record can never legitimately be larger than this (the largest kmsg_size in use is a few MiB);
+# it bounds memory for hostile or mis-described images, in every reader.
+MAX_RECORD_BYTES = 32 << 20
 # Record bytes held per image at most, whatever the image holds: the kernel uses no more than
 # 128 MiB of a pstore/zone device (6.1+), and several sweeps run at once.
 MAX_IMAGE_BYTES = 128 << 20

@@ -16,7 +16,7 @@ import re
 from ..errors import UsageError
 from .dump import decode_payload, part_header, reason_code
 from .ftrace import merge_by_timestamp, render, split_records
-from .model import MAX_IMAGE_BYTES, Finding, ImageBudget, Kind, ParseResult, Record, Severity
+from .model import MAX_IMAGE_BYTES, MAX_RECORD_BYTES, Finding, ImageBudget, Kind, ParseResult, Record, Severity
 from .ramdiscover import discover_ramoops
 from .ramlayout import (DEFAULT_SIZE, PERSISTENT_RAM_SIG, PRZ_HEADER, RamoopsLayout, RamoopsParams,
                         RamZone, compute_ramoops_layout, rounddown_pow2)
@@ -27,7 +27,6 @@ __all__ = ["BACKEND", "DEFAULT_SIZE", "PERSISTENT_RAM_SIG", "PRZ_HEADER", "RamZo
            "read_ramoops", "rounddown_pow2"]
 
 BACKEND = "ramoops"
-MAX_RECORD_BYTES = 32 << 20
 MAX_ZONES = 1 << 20  # dmesg zones visited at most (1 GiB of 1 KiB records)
 HEADER_BATCH = 4096
 # sscanf("====%lld.%lu-%c\n%n"): the kernel's isspace() also takes 0xa0 (Latin-1 NBSP).
