@@ -172,14 +172,9 @@ def run(sc: EfiScenario, log=print) -> dict:
         "store": _store_numbers(image),
         "store_after_reading_boot": _store_numbers(read_copy),
     }
-    dest = FIXTURES / sc.name
-    if dest.exists():
-        shutil.rmtree(dest)
-    (dest / "kernel").mkdir(parents=True)
-    H.xz_file(image, dest / "image.xz")
-    for n, data in view.files.items():
-        (dest / "kernel" / n).write_bytes(data)
-    (dest / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    from tests.kernel.generate import write_fixture  # the one fixture layout (generate imports us lazily)
+
+    write_fixture(sc, meta, view, image)
     if sc.expect_records and not view.files:
         log(f"WARNING {sc.name}: the kernel lists no records")
     log(f"  [{sc.name}] records: {len(view.files)}  store: {meta['store']}")
