@@ -107,3 +107,28 @@ def managed_paths() -> tuple[str, ...]:
         for w in rules.files(rules.settings(ProbeReport(serial="pvepstore", disk_bytes=None))):
             out[w.path] = None
     return tuple(out)
+
+
+def items_after(plans, pre=()) -> list[tuple]:
+    """The probe's file, link and dir items of a guest on which ``plans`` were applied in order
+    (files as the last left them; ``pre``: file items there before)."""
+    import base64
+
+    files: dict[str, bytes] = {}
+    links: dict[str, str] = {}
+    for item in pre:
+        if item[0] == "file":
+            files[item[1]] = item[4]
+    for plan in plans:
+        for c in plan.changes:
+            if c.op == "write":
+                files[c.path] = base64.b64decode(c.arg.split(":", 1)[1])
+            elif c.op == "link":
+                links[c.path] = c.arg
+            elif c.op in ("restore", "remove"):
+                files.pop(c.path, None)
+                links.pop(c.path, None)
+    items = [file_item(p, b, "600" if p.startswith("/var/lib/") else "644") for p, b in files.items()]
+    items += [("link", p, t) for p, t in links.items()]
+    dirs = {"/var/lib/pvepstore"} | {c.path for plan in plans for c in plan.changes if c.op == "mkdir"}
+    return items + [("dir", d) for d in sorted(dirs)]

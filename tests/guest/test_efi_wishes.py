@@ -5,12 +5,9 @@ from __future__ import annotations
 from pvepstore.guest.blk_wishes import UNIT as BLK_UNIT
 from pvepstore.guest.efi_wishes import LOADER, UNIT, UNIT_LINK, EfiSettings, files
 from pvepstore.guest.layout import MODPROBE_CONF, PSTORE_DROPIN
-
-import base64
-
 from pvepstore.guest.testing import Recorded, reply
 
-from .conftest import assessed, fake_guest, file_item, plan_for, probe_items, probe_reply, verify_for
+from .conftest import assessed, fake_guest, items_after, plan_for, probe_items, probe_reply, verify_for
 from .test_ramoops_wishes import state_after, written
 
 
@@ -20,16 +17,7 @@ def efi_state_after(plans, *extra, unit=("enabled", "active"), kmsg_bytes=None, 
     s = plans[-1].settings or {}
     kmsg = s.get("kmsg_bytes", 10240) if kmsg_bytes is None else kmsg_bytes
     always = s.get("always_kmsg_dump", False) if always_kmsg_dump is None else always_kmsg_dump
-    files: dict[str, bytes] = {}
-    links: dict[str, str] = {}
-    for plan in plans:
-        for c in plan.changes:
-            if c.op == "write":
-                files[c.path] = base64.b64decode(c.arg.split(":", 1)[1])
-            elif c.op == "link":
-                links[c.path] = c.arg
-    items = [file_item(p, b, "600" if p.startswith("/var/lib/") else "644") for p, b in files.items()]
-    items += [("link", p, t) for p, t in links.items()] + [("dir", "/var/lib/pvepstore")]
+    items = items_after(plans)
     items += [("backend", "efi"), ("loaded", "efi_pstore", "live"), ("efi", "yes"),
               ("unit", "pvepstore-efi.service", *unit), ("param", "pstore/parameters/kmsg_bytes", str(kmsg)),
               ("param", "printk/parameters/always_kmsg_dump", "Y" if always else "N")]

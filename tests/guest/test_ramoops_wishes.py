@@ -23,7 +23,7 @@ from pvepstore.guest.ramoops_wishes import UNIT_LINK as RAMOOPS_LINK
 from pvepstore.guest.ramoops_wishes import RamoopsSettings, files
 from pvepstore.guest.testing import Recorded, reply
 
-from .conftest import assessed, fake_guest, file_item, plan_for, probe_items, probe_reply, verify_for
+from .conftest import assessed, fake_guest, items_after, file_item, plan_for, probe_items, probe_reply, verify_for
 
 BAR2 = ("0x00000000fe000000", "0x00000000fe0fffff", "0x0000000000040200")
 DEVICE = ("ivshmem", "0000:00:03.0", " ".join(BAR2), "")
@@ -44,24 +44,7 @@ def probe(g, backend="ivshmem"):
 
 def state_after(plans, backend, *extra, device=True, pre=()):
     """Probe output of a guest on which ``plans`` were applied in order (files as the last left them)."""
-    files: dict[str, bytes] = {}
-    links: dict[str, str] = {}
-    for item in pre:
-        if item[0] == "file":
-            files[item[1]] = item[4]
-    for plan in plans:
-        for c in plan.changes:
-            if c.op == "write":
-                files[c.path] = base64.b64decode(c.arg.split(":", 1)[1])
-            elif c.op == "link":
-                links[c.path] = c.arg
-            elif c.op in ("restore", "remove"):
-                files.pop(c.path, None)
-                links.pop(c.path, None)
-    items = [file_item(p, b, "600" if p.startswith("/var/lib/") else "644") for p, b in files.items()]
-    items += [("link", p, t) for p, t in links.items()]
-    dirs = {"/var/lib/pvepstore"} | {c.path for plan in plans for c in plan.changes if c.op == "mkdir"}
-    items += [("dir", d) for d in sorted(dirs)]
+    items = items_after(plans, pre)
     items += [("modprobe_c", "options efi_pstore pstore_disable=Y\n")]
     if backend == "ivshmem":
         items += [("backend", "ramoops"), ("loaded", "ramoops", "live"),
