@@ -818,6 +818,10 @@ ROUTES: dict[tuple[str, str], Callable] = {
     ("DELETE", "/nodes/{node}/storage/{storage}/content/{volume}"): _volume_delete,
 }
 
+# Routes of other concerns live in their own modules and register themselves into ROUTES
+# (cluster configuration: HA resources, replication; host logs: journal, syslog, HA status).
+from . import cluster_config as _cluster_config, hostlog as _hostlog  # noqa: E402,F401
+
 
 def _encode_text(text: str) -> str:
     """PVE::Tools::encode_text: escape control/high-bit characters and ':'."""
