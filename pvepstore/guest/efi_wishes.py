@@ -122,7 +122,15 @@ def wishes(r: ProbeReport, s: EfiSettings) -> GuestWishes:
             w.actions.append(run("load-efi", "register efi_pstore now (pstore's slot is free)"))
         else:
             w.reboot_required = True
+    elif not in_effect(r, s):
+        # registered already (Debian's systemd-pstore loads it on every UEFI guest): the loader only
+        # sets the dump size and always_kmsg_dump, which pstore reads at dump time -- run it now
+        w.actions.append(run("load-efi", "apply kmsg_bytes and always_kmsg_dump now (efi_pstore is registered)"))
     return w
+
+
+def in_effect(r: ProbeReport, s: EfiSettings) -> bool:
+    return r.kmsg_bytes == s.kmsg_bytes and r.always_kmsg_dump is s.always_kmsg_dump
 
 
 def costs(r: ProbeReport) -> list[str]:

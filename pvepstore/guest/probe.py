@@ -206,6 +206,16 @@ def _flag(value: str) -> bool | None:
     return None
 
 
+def current_kmsg_bytes(mount_options: str, kconf: dict[str, str]) -> int | None:
+    """pstore's kmsg_bytes where the kernel has no ``pstore.kmsg_bytes`` parameter (6.1: it came as a
+    module parameter later): pstorefs shows ``kmsg_bytes=`` only when it differs from
+    CONFIG_PSTORE_DEFAULT_KMSG_BYTES (fs/pstore/inode.c pstore_show_options)."""
+    for opt in mount_options.strip().split(","):
+        if opt.startswith("kmsg_bytes="):
+            return _int(opt.partition("=")[2])
+    return _int(kconf.get("PSTORE_DEFAULT_KMSG_BYTES"))
+
+
 def _kconfig(text: str) -> dict[str, str]:
     out = {}
     for line in text.splitlines():
@@ -309,6 +319,9 @@ def build_report(reply: Reply, serial: str, disk_bytes: int | None) -> ProbeRepo
     r.efi_pstore_blacklisted = any(ln.split()[:2] == ["blacklist", KMOD_EFI] for ln in r.modprobe_config)
     r.efi_pstore_disabled = r.efi_pstore_disabled or any(map(disables_efi_pstore, r.modprobe_config))
     r.pstorefs = reply.text("pstorefs", limit=32).strip()
+    has_param = any(f and decode(f[0], 128) == "pstore/parameters/kmsg_bytes" for f in reply.all("param"))
+    if not has_param and r.pstorefs == "pstore":  # a garbled parameter stays unknown, never a guess
+        r.kmsg_bytes = current_kmsg_bytes(reply.text("pstorefs", 1, limit=512), kconf)
     try:
         r.pstore_files = int(reply.text("pstore_files", limit=16).strip() or 0)
     except ValueError:

@@ -67,7 +67,8 @@ for d in /sys/bus/pci/devices/*; do
     e ivshmem "${d##*/}" "$(sed -n 3p "$d/resource" 2>/dev/null)" "$drv"
 done
 e modprobe_c "$(modprobe -c 2>/dev/null | grep -E '^(blacklist|options|install|softdep) +(pstore|pstore_blk|pstore_zone|efi_pstore|ramoops)( |$)' | head -c 8192)"
-e pstorefs "$(awk '$2=="/sys/fs/pstore"{print $3}' /proc/mounts | head -n 1)"
+# the mount options carry kmsg_bytes= when it is not the kconfig default (6.1 has no kmsg_bytes parameter)
+e pstorefs "$(awk '$2=="/sys/fs/pstore"{print $3}' /proc/mounts | head -n 1)" "$(awk '$2=="/sys/fs/pstore"{print $4}' /proc/mounts | head -n 1 | head -c 512)"
 e pstore_files "$(ls -1A /sys/fs/pstore 2>/dev/null | wc -l)"
 e sysctl "$(cat /proc/sys/kernel/panic_on_oops 2>/dev/null)" "$(cat /sys/kernel/kexec_crash_loaded 2>/dev/null)" \
     "$(cat /sys/module/kernel/parameters/crash_kexec_post_notifiers 2>/dev/null)" "$(cat /proc/sys/kernel/panic 2>/dev/null)"

@@ -42,9 +42,10 @@ def probe_items(*extra, backend="(null)", efi=False, zero="yes", loaded=(), para
         ("builtin", ""),
         ("kconfig", kconfig if kconfig is not None else
          "CONFIG_PSTORE=y\nCONFIG_PSTORE_BLK=m\n# CONFIG_PSTORE_PMSG is not set\n"
-         "# CONFIG_PSTORE_CONSOLE is not set\n# CONFIG_PSTORE_FTRACE is not set\nCONFIG_EFI_VARS_PSTORE=m\n"),
+         "# CONFIG_PSTORE_CONSOLE is not set\n# CONFIG_PSTORE_FTRACE is not set\nCONFIG_EFI_VARS_PSTORE=m\n"
+         "CONFIG_PSTORE_DEFAULT_KMSG_BYTES=10240\n"),
         ("backend", backend),
-        ("pstorefs", "pstore"), ("pstore_files", "0"), ("sysctl", "0", "0", "N", "0"),
+        ("pstorefs", "pstore", "rw,nosuid,nodev,noexec,relatime"), ("pstore_files", "0"), ("sysctl", "0", "0", "N", "0"),
         ("unit", "systemd-pstore.service", "enabled", "inactive"),
         ("unit", "pvepstore-blk.service", "", "inactive"),
         ("pstore_conf", conf),

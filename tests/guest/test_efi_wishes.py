@@ -18,10 +18,12 @@ def efi_state_after(plans, *extra, unit=("enabled", "active"), kmsg_bytes=None, 
     kmsg = s.get("kmsg_bytes", 10240) if kmsg_bytes is None else kmsg_bytes
     always = s.get("always_kmsg_dump", False) if always_kmsg_dump is None else always_kmsg_dump
     items = items_after(plans)
+    # 6.1 has no pstore.kmsg_bytes parameter: pstorefs shows kmsg_bytes= when it is not the default
+    opts = "rw,nosuid,nodev,noexec,relatime" + (f",kmsg_bytes={kmsg}" if kmsg != 10240 else "")
     items += [("backend", "efi"), ("loaded", "efi_pstore", "live"), ("efi", "yes"),
-              ("unit", "pvepstore-efi.service", *unit), ("param", "pstore/parameters/kmsg_bytes", str(kmsg)),
+              ("unit", "pvepstore-efi.service", *unit), ("pstorefs", "pstore", opts),
               ("param", "printk/parameters/always_kmsg_dump", "Y" if always else "N")]
-    base = [i for i in probe_items(unlink="no", disk=False) if i[0] != "backend"]
+    base = [i for i in probe_items(unlink="no", disk=False) if i[0] not in ("backend", "pstorefs")]
     return Recorded("probe", 0, reply(*(base + items + list(extra))))
 
 
@@ -46,6 +48,31 @@ def test_stock_uefi_guest_keeps_efi_pstore_in_the_slot():
     assert b"pstore_disable" not in b"".join(out.values())
     assert ("link", UNIT_LINK) in [(c.op, c.path) for c in plan.changes]
     assert not plan.reboot_required
+    # registered already, so nothing (re)loads it; the loader still runs now for the dump settings
+    # (the first real-VM run found always_kmsg_dump N until the next boot)
+    assert [c.path for c in plan.changes if c.op == "run"][-1:] == ["load-efi"], plan.describe()
+
+
+def test_kmsg_bytes_of_a_61_kernel_comes_from_the_mount_options_or_the_kconfig_default():
+    from pvepstore.guest.probe import current_kmsg_bytes
+
+    kconf = {"PSTORE_DEFAULT_KMSG_BYTES": "10240"}
+    assert current_kmsg_bytes("rw,nosuid,nodev,noexec,relatime", kconf) == 10240
+    assert current_kmsg_bytes("rw,nosuid,nodev,noexec,relatime,kmsg_bytes=8192", kconf) == 8192
+    assert current_kmsg_bytes("rw", {}) is None
+    g, t = fake_guest(probe_reply(backend="efi", efi=True, disk=False))
+    assert probe(g).kmsg_bytes == 10240  # what the real Debian 6.1 guest printed
+
+
+def test_settings_in_effect_need_no_load():
+    g, t = fake_guest(probe_reply(backend="efi", efi=True, disk=False))
+    plan = plan_for(g, probe(g), kmsg_bytes=8192, always_kmsg_dump=True)
+    g, t = fake_guest(efi_state_after([plan]))
+    again = plan_for(g, probe(g), kmsg_bytes=8192, always_kmsg_dump=True)
+    assert again.empty, again.describe()
+    g, t = fake_guest(efi_state_after([plan], always_kmsg_dump=False))  # someone reset it
+    assert [c.path for c in plan_for(g, probe(g), kmsg_bytes=8192, always_kmsg_dump=True).changes
+            if c.op == "run"] == ["load-efi"]
 
 
 def test_not_uefi_is_a_blocker():

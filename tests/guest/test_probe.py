@@ -101,4 +101,6 @@ def test_efi_unit_and_dump_parameters_are_facts():
     assert not r.blk_params and not r.ramoops_params  # not mistaken for a backend's parameters
     # absent (pstore not loaded) or garbled: unknown, never a guess
     r = probe(("param", "pstore/parameters/kmsg_bytes", "lots"), ("param", "printk/parameters/always_kmsg_dump", "?"))
-    assert (r.kmsg_bytes, r.always_kmsg_dump) == (None, None) and (probe().kmsg_bytes, probe().always_kmsg_dump) == (None, None)
+    assert (r.kmsg_bytes, r.always_kmsg_dump) == (None, None) and probe().always_kmsg_dump is None
+    # no parameter (6.1): pstorefs' kmsg_bytes= option, else CONFIG_PSTORE_DEFAULT_KMSG_BYTES
+    assert probe().kmsg_bytes == 10240

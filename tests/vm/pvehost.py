@@ -32,6 +32,7 @@ class PveGuestVM(GuestVM):
     fake: object = None  # tests.fakepve.server.FakePve
     vmid: int = 101
     volume: Path | None = None  # the fake's backing file of the pstore volume
+    machine: str = "pc"  # qemu-server's i440fx
 
     @property
     def pstore_img(self) -> Path:
@@ -60,25 +61,36 @@ class PveGuestVM(GuestVM):
         with self.fake.lock:
             self.fake.vms[self.vmid].running = running
 
+    def disk_args(self) -> list[str]:
+        """The VM's disks after the root disk: here the fake's pstore volume."""
+        # the volume file itself, as qemu-server passes a dir-storage raw volume
+        return ["-drive", f"file={self.pstore_img},if=none,id=drive-pstore,format=raw,cache=writeback",
+                "-device", f"virtio-blk-pci,drive=drive-pstore,id=pstore,serial={SERIAL}"]
+
+    def firmware_args(self) -> list[str]:
+        return []  # SeaBIOS, QEMU's default (``bios: seabios``)
+
+    def qemu_argv(self) -> list[str]:
+        return [QEMU, "-accel", accel(), "-machine", self.machine, "-m", str(self.mem_mib),
+                "-smp", str(self.smp), "-nographic", "-monitor", "none",
+                "-serial", f"file:{self.console_log}", "-pidfile", str(self.pidfile),
+                *self.firmware_args(),
+                "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
+                "-append", "root=/dev/vda rw console=ttyS0,115200 net.ifnames=0 "
+                           "systemd.show_status=0 loglevel=4",
+                "-drive", f"file={self.overlay},if=none,id=root,format=qcow2,cache=unsafe",
+                "-device", "virtio-blk-pci,drive=root,serial=root",
+                *self.disk_args(),
+                "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.port}-:22",
+                "-device", "virtio-net-pci,netdev=n0"]
+
     def start(self) -> None:
         """Boot (same SSH port every time); the fake's VM is running from here on."""
         self.prepare()
         self.pin_host_key()
         self.pidfile.parent.mkdir(parents=True, exist_ok=True)
         self.boots += 1
-        argv = [QEMU, "-accel", accel(), "-machine", "pc", "-m", str(self.mem_mib),
-                "-smp", str(self.smp), "-nographic", "-monitor", "none",
-                "-serial", f"file:{self.console_log}", "-pidfile", str(self.pidfile),
-                "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
-                "-append", "root=/dev/vda rw console=ttyS0,115200 net.ifnames=0 "
-                           "systemd.show_status=0 loglevel=4",
-                "-drive", f"file={self.overlay},if=none,id=root,format=qcow2,cache=unsafe",
-                "-device", "virtio-blk-pci,drive=root,serial=root",
-                # the volume file itself, as qemu-server passes a dir-storage raw volume
-                "-drive", f"file={self.pstore_img},if=none,id=drive-pstore,format=raw,cache=writeback",
-                "-device", f"virtio-blk-pci,drive=drive-pstore,id=pstore,serial={SERIAL}",
-                "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.port}-:22",
-                "-device", "virtio-net-pci,netdev=n0"]
+        argv = self.qemu_argv()
         (self.workdir / "qemu.argv").write_text(json.dumps(argv) + "\n")
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=open(self.workdir / "qemu.err", "ab"),

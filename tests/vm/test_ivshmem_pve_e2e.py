@@ -48,7 +48,6 @@ from pvepstore.pve import ivshmem, state
 from tests.conftest import run_cli
 from tests.guest.conftest import verify_for
 
-from .harness import QEMU, accel
 from .pvehost import PveGuestVM
 
 pytestmark = pytest.mark.vm
@@ -66,33 +65,12 @@ class IvshmemPveGuestVM(PveGuestVM):
     def pstore_img(self) -> Path:
         return self.workdir / "pstore.img"  # made by the harness's prepare(); never given to QEMU
 
-    def start(self) -> None:
-        self.prepare()
-        self.pin_host_key()
-        self.pidfile.parent.mkdir(parents=True, exist_ok=True)
-        self.boots += 1
-        argv = [QEMU, "-accel", accel(), "-machine", "pc", "-m", str(self.mem_mib),
-                "-smp", str(self.smp), "-nographic", "-monitor", "none",
-                "-serial", f"file:{self.console_log}", "-pidfile", str(self.pidfile),
-                "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
-                "-append", "root=/dev/vda rw console=ttyS0,115200 net.ifnames=0 "
-                           "systemd.show_status=0 loglevel=4",
-                "-drive", f"file={self.overlay},if=none,id=root,format=qcow2,cache=unsafe",
-                "-device", "virtio-blk-pci,drive=root,serial=root",
-                "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.port}-:22",
-                "-device", "virtio-net-pci,netdev=n0"]
-        if self.ivshmem_file is not None:  # qemu-server's arguments for `ivshmem: size=1,name=...`
-            argv += ["-object", f"memory-backend-file,id=ivshmem,share=on,mem-path={self.ivshmem_file},size=1M",
-                     "-device", "ivshmem-plain,memdev=ivshmem"]
-        (self.workdir / "qemu.argv").write_text(json.dumps(argv) + "\n")
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=open(self.workdir / "qemu.err", "ab"), start_new_session=True)
-        deadline = time.monotonic() + 30
-        while not self.pidfile.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"QEMU did not write {self.pidfile}; see {self.workdir / 'qemu.err'}")
-            time.sleep(0.05)
-        self._set_running(True)
+    def disk_args(self) -> list[str]:
+        if self.ivshmem_file is None:
+            return []
+        # qemu-server's arguments for `ivshmem: size=1,name=...`
+        return ["-object", f"memory-backend-file,id=ivshmem,share=on,mem-path={self.ivshmem_file},size=1M",
+                "-device", "ivshmem-plain,memdev=ivshmem"]
 
 
 @pytest.fixture
