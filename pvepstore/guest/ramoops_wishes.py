@@ -99,7 +99,8 @@ def files(s: RamoopsSettings) -> tuple[WantedFile, ...]:
             "[Service]\n"
             "Type=oneshot\n"
             "RemainAfterExit=yes\n"
-            "TimeoutStartSec=60\n"
+            "TimeoutStartSec=300\n"  # a slow host must not fail the unit
+
             f"ExecStart=/bin/sh {LOADER}\n\n"
             "[Install]\n"
             "WantedBy=sysinit.target\n")

@@ -147,6 +147,7 @@ def verify_with(r: ProbeReport, specific: Callable[[ProbeReport, dict, CheckAdd]
             else "changed since apply")
     if any(e["path"] == boot_link and e.get("sha256_after") != "-" for e in m.get("files", [])):
         add("boot unit", service.get("enabled") == "enabled" and service.get("active") == "active",
-            f"{service_name} {service.get('enabled')}, {service.get('active')}")
+            f"{service_name} {service.get('enabled')}, {service.get('active')}"
+            + (f" ({service['result']})" if service.get("result") else ""))
     problems = [f"{n}: {d}" if d else n for n, ok, d in checks if not ok]
     return VerifyResult(ok=not problems, checks=checks, problems=problems)

@@ -73,10 +73,11 @@ e pstore_files "$(ls -1A /sys/fs/pstore 2>/dev/null | wc -l)"
 e sysctl "$(cat /proc/sys/kernel/panic_on_oops 2>/dev/null)" "$(cat /sys/kernel/kexec_crash_loaded 2>/dev/null)" \
     "$(cat /sys/module/kernel/parameters/crash_kexec_post_notifiers 2>/dev/null)" "$(cat /proc/sys/kernel/panic 2>/dev/null)"
 if command -v systemctl >/dev/null 2>&1; then
-    e unit systemd-pstore.service "$(systemctl is-enabled systemd-pstore.service 2>/dev/null)" "$(systemctl is-active systemd-pstore.service 2>/dev/null)"
-    e unit pvepstore-blk.service "$(systemctl is-enabled pvepstore-blk.service 2>/dev/null)" "$(systemctl is-active pvepstore-blk.service 2>/dev/null)"
-    e unit pvepstore-ramoops.service "$(systemctl is-enabled pvepstore-ramoops.service 2>/dev/null)" "$(systemctl is-active pvepstore-ramoops.service 2>/dev/null)"
-    e unit pvepstore-efi.service "$(systemctl is-enabled pvepstore-efi.service 2>/dev/null)" "$(systemctl is-active pvepstore-efi.service 2>/dev/null)"
+    for u in systemd-pstore.service pvepstore-blk.service pvepstore-ramoops.service pvepstore-efi.service; do
+        # Result says why a failed unit failed (timeout, exit-code) without reading the journal
+        e unit "$u" "$(systemctl is-enabled "$u" 2>/dev/null)" "$(systemctl is-active "$u" 2>/dev/null)" \
+            "$(systemctl show -p Result --value "$u" 2>/dev/null)"
+    done
     e pstore_conf "$(systemd-analyze cat-config systemd/pstore.conf 2>/dev/null | head -c 16384)"
 fi
 for t in update-grub update-initramfs blkdiscard blkid systemd-analyze journalctl; do
