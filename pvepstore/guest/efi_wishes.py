@@ -145,11 +145,19 @@ def capabilities(r: ProbeReport) -> dict[str, Capability]:
     if not r.efi_pstore_available:
         return rules.none_captured("this kernel has no efi_pstore (CONFIG_EFI_VARS_PSTORE)")
     via = "written at once through the firmware's SetVariable into efidisk0"
-    opt_in = ("only with efi_pstore.always_kmsg_dump: true (off by default: " + STORE_NOTE + ")")
+    if r.always_kmsg_dump:  # what the guest does right now (apply sets it as configured)
+        shutdown = Capability("yes", "clean reboot/poweroff leave a Shutdown dump (printk.always_kmsg_dump=Y)")
+        emergency = Capability("yes", "sysrq-b / panic=N reboots leave an Emergency dump "
+                                      "(printk.always_kmsg_dump=Y)")
+    else:
+        opt_in = ("printk.always_kmsg_dump is N: efi_pstore.always_kmsg_dump: true turns it on (off by "
+                  "default: " + STORE_NOTE + ")")
+        shutdown = Capability("no", "no clean reboot/poweroff dump: " + opt_in)
+        emergency = Capability("no", "no sysrq-b / panic=N reboot dump: " + opt_in)
     caps = {"oops": Capability("yes", via),
             "panic": Capability("yes", via + " (panic time)"),
-            "shutdown": Capability("no", "clean reboot/poweroff dumps " + opt_in),
-            "emergency_restart": Capability("no", "sysrq-b / panic=N reboot dumps " + opt_in),
+            "shutdown": shutdown,
+            "emergency_restart": emergency,
             "console": Capability("no", "efi_pstore stores dmesg dumps only"),
             "pmsg": Capability("no", "efi_pstore stores dmesg dumps only")}
     return caps

@@ -141,17 +141,31 @@ def test_verify_after_apply():
     assert plan_for(g, probe(g)).empty  # applied: nothing more to do
 
 
+def test_capabilities_follow_always_kmsg_dump_as_the_guest_has_it():
+    g, t = fake_guest(probe_reply(backend="efi", efi=True, disk=False))
+    plan = plan_for(g, probe(g), always_kmsg_dump=True)
+    t.add(efi_state_after([plan]))
+    caps = probe(g).capabilities
+    assert caps["shutdown"].status == caps["emergency_restart"].status == "yes", caps
+    assert "always_kmsg_dump=Y" in caps["shutdown"].note
+    t.add(efi_state_after([plan], always_kmsg_dump=False))  # someone set it back to N
+    caps = probe(g).capabilities
+    assert caps["shutdown"].status == caps["emergency_restart"].status == "no"
+    assert "efi_pstore.always_kmsg_dump: true" in caps["emergency_restart"].note
+
+
 def test_verify_fails_on_the_unit_and_the_dump_parameters():
     g, t = fake_guest(probe_reply(backend="efi", efi=True, disk=False))
     plan = plan_for(g, probe(g), kmsg_bytes=8192, always_kmsg_dump=True)
     t.add(efi_state_after([plan]))
     v = verify_for(g, "efi_pstore")
     assert v.ok and ("always_kmsg_dump", True, "printk.always_kmsg_dump is Y (want Y)") in v.checks, v.problems
-    t.add(efi_state_after([plan], unit=("enabled", "failed"), kmsg_bytes=10240, always_kmsg_dump=False))
+    t.add(efi_state_after([plan], unit=("enabled", "failed", "timeout"), kmsg_bytes=10240,
+                          always_kmsg_dump=False))
     v = verify_for(g, "efi_pstore")
     assert not v.ok and v.problems == ["kmsg_bytes: pstore.kmsg_bytes is 10240 (want 8192)",
                                        "always_kmsg_dump: printk.always_kmsg_dump is N (want Y)",
-                                       "boot unit: pvepstore-efi.service enabled, failed"]
+                                       "boot unit: pvepstore-efi.service enabled, failed (timeout)"]
 
 
 def test_pstore_blk_verify_still_asks_efi_pstore_kept_out():
