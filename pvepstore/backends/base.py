@@ -82,6 +82,7 @@ class ProvisionResult:
     applied: Any = None
     verify: Any = None
     problems: list[str] = field(default_factory=list)
+    backend: str = ""  # the registry name the run used (set by the pipeline)
 
     @property
     def pve_ready(self) -> bool:
@@ -103,8 +104,8 @@ class ProvisionResult:
         return PveSummary(items=[])
 
     def to_json(self) -> dict:
-        return {"vmid": self.vmid, "node": self.node, "dry_run": self.dry_run, "ok": self.ok,
-                "api_calls": [c.to_json() for c in self.api_calls],
+        return {"vmid": self.vmid, "node": self.node, "backend": self.backend, "dry_run": self.dry_run,
+                "ok": self.ok, "api_calls": [c.to_json() for c in self.api_calls],
                 "address": None if self.address is None else {"host": self.address.host,
                                                               "source": self.address.source},
                 "running": self.running, "probe": as_json(self.probe), "plan": self.plan,

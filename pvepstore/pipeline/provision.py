@@ -79,6 +79,7 @@ def provision(ctx: Context, vmid: int, *, dry_run: bool = False, reboot: bool = 
     chosen = registry.get(backend or ctx.cfg.for_vm(vmid).backend)
     res = chosen.provision(ctx, vmid, ProvisionOptions(dry_run=dry_run, reboot=reboot, restart=restart,
                                                        hook_storage=hook_storage))
+    res.backend = chosen.name
     if res.verify is not None and not dry_run:
         _remember_verify(ctx, vmid, res.verify)  # what `status` shows as "backend verified"
     return res

@@ -53,6 +53,12 @@ def accel() -> str:
 
 
 @dataclass
+# banner and auth wait too: a client that gives up after 10 s on a slow TCG guest (CI once ran ~2.5x
+# slower) leaves sshd's half-started children behind; past MaxStartups (10) sshd resets new
+# connections at random, and the retries feed that ("Error reading SSH protocol banner", "reset by peer")
+CONNECT_TIMEOUT = 40
+
+
 class GuestVM:
     image: GuestImage
     workdir: Path
@@ -94,7 +100,8 @@ class GuestVM:
         return GuestTarget(host="127.0.0.1", port=self.port, user=user,
                            key_file=str(self.workdir / "id_ed25519"),
                            known_hosts=str(self.workdir / "known_hosts"),
-                           connect_timeout=10, command_timeout=kw.pop("command_timeout", 120), **kw)
+                           connect_timeout=CONNECT_TIMEOUT, command_timeout=kw.pop("command_timeout", 120),
+                           **kw)
 
     def start(self) -> None:
         self.prepare()

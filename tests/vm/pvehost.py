@@ -24,7 +24,7 @@ from pathlib import Path
 from pvepstore.guest import connect
 from pvepstore.guest.transport import known_hosts_name
 
-from .harness import QEMU, SERIAL, GuestVM, accel, free_port
+from .harness import CONNECT_TIMEOUT, QEMU, SERIAL, GuestVM, accel, free_port
 
 
 @dataclass
@@ -47,7 +47,7 @@ class PveGuestVM(GuestVM):
         return {"host": "127.0.0.1", "port": self.port, "user": "root",
                 "key_file": str(self.workdir / "id_ed25519"),
                 "known_hosts": str(self.workdir / "known_hosts"), "trust_on_first_use": False,
-                "connect_timeout": 10, "command_timeout": 120}
+                "connect_timeout": CONNECT_TIMEOUT, "command_timeout": 120}
 
     def pin_host_key(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
