@@ -52,13 +52,13 @@ def accel() -> str:
         return "tcg"
 
 
-@dataclass
 # banner and auth wait too: a client that gives up after 10 s on a slow TCG guest (CI once ran ~2.5x
 # slower) leaves sshd's half-started children behind; past MaxStartups (10) sshd resets new
 # connections at random, and the retries feed that ("Error reading SSH protocol banner", "reset by peer")
 CONNECT_TIMEOUT = 40
 
 
+@dataclass
 class GuestVM:
     image: GuestImage
     workdir: Path
