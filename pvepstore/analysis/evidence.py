@@ -34,6 +34,8 @@ class VerdictKind(str, Enum):
     ORDERLY_POWEROFF = "orderly_poweroff"
     HOST_STOP = "host_stop"
     HOST_RESET = "host_reset"
+    HOST_OOM_KILL = "host_oom_kill"  # the node's OOM killer killed the VM's QEMU process
+    NODE_REBOOT = "node_reboot"  # the node itself rebooted (or crashed) while the boot ran
     UNEXPECTED_RESET = "unexpected_reset"
     UNKNOWN = "unknown"
 

@@ -14,6 +14,8 @@ SEVERITY = {
     VerdictKind.KERNEL_OOPS: "error",
     VerdictKind.UNEXPECTED_RESET: "error",
     VerdictKind.HOST_RESET: "warning",
+    VerdictKind.HOST_OOM_KILL: "error",  # the host's memory, not the guest: another team's page
+    VerdictKind.NODE_REBOOT: "warning",
     VerdictKind.KERNEL_WARNING: "warning",
     VerdictKind.UNKNOWN: "warning",  # nobody can tell yet: worth a look, not a page
     VerdictKind.HOST_STOP: "info",
@@ -23,7 +25,8 @@ SEVERITY = {
 
 # On equal confidence the more severe explanation wins: a panic explains a reset, not vice versa.
 PRECEDENCE = [VerdictKind.KERNEL_PANIC, VerdictKind.HANG, VerdictKind.OOM, VerdictKind.KERNEL_OOPS,
-              VerdictKind.UNEXPECTED_RESET, VerdictKind.HOST_RESET, VerdictKind.HOST_STOP,
+              VerdictKind.HOST_OOM_KILL, VerdictKind.NODE_REBOOT, VerdictKind.UNEXPECTED_RESET,
+              VerdictKind.HOST_RESET, VerdictKind.HOST_STOP,
               VerdictKind.ORDERLY_POWEROFF, VerdictKind.ORDERLY_REBOOT, VerdictKind.KERNEL_WARNING]
 
 

@@ -226,7 +226,7 @@ class EfiPstore(Backend):
         if where.running:
             g = guest_vm(cfg, api, ref, choice, connect_guest)
             return EfiGuestVm(g.vmid, g.vm, g.guest, g.max_record_bytes, g.tasks, backend=g.backend,
-                              note=g.note, cfg=cfg)
+                              note=g.note, host_log=g.host_log, cfg=cfg)
         check_host_readable(where, allow_offline=allow_offline, what="its efidisk0")
         if not choice.provisioned:
             conf = api.get(f"nodes/{node}/qemu/{vmid}/config") or {}

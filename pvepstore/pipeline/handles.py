@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from ..analysis.bootend import BootEnd, BootWindow, task_evidence
-from ..analysis.evidence import EvidenceItem
-from ..errors import ConfigError, GuestError
+from ..analysis.evidence import Confidence, Evidence, EvidenceItem
+from ..analysis.hostlog import host_evidence
+from ..errors import ConfigError, GuestError, PveError
 from ..guest import Guest
 from ..pstore.files import record_from_file
 from ..pstore.model import Record
@@ -146,6 +147,8 @@ class GuestVm:
     backend: str = "pstore_blk"
     note: str = ""  # said in the result (e.g. config and provisioned state disagree)
     clock: Callable[[], float] = time.time  # the host's clock: Proxmox task times are on it
+    # The node's journal lines between two times (``GET /nodes/{node}/journal``; None: not available).
+    host_log: Callable[[float, float], list[str]] | None = None
 
     def gather(self) -> Gathered:
         found = self.guest.read_records(max_bytes=max(self.max_record_bytes * 4, 16 << 20),
@@ -176,7 +179,18 @@ class GuestVm:
         # A little before the boot's start too: the evidence names the tasks it did NOT use (the
         # stop that ended the boot before, ...), so a reader sees why they do not explain this end.
         since = (window.start if window.start is not None else end - 3000) - 600
-        return task_evidence(self.tasks(since), window)
+        return task_evidence(self.tasks(since), window) + self._host_evidence(window, end)
+
+    def _host_evidence(self, window: BootWindow, end: float) -> list[EvidenceItem]:
+        """The node's own log over the ended boot's lifetime: its OOM killer, its own reboots."""
+        if self.host_log is None or window.start is None:
+            return []  # without the boot's start, a kill before it could be blamed on it
+        try:
+            lines = self.host_log(window.start, end + 5)
+        except PveError as exc:  # e.g. no Sys.Syslog on the node: the verdict goes on without it
+            return [Evidence("host_journal", None, Confidence.LOW, f"the node's journal was not readable: "
+                             f"{exc.message}")]
+        return list(host_evidence(lines, self.vmid))
 
     def close(self) -> None:
         self.guest.close()
@@ -283,8 +297,12 @@ def guest_vm(cfg: "Config", api, ref, choice: BackendChoice, connect_guest: Call
             params["since"] = max(0, int(since))
         return api.get(f"nodes/{node}/tasks", **params) or []
 
+    def host_log(since: float, until: float) -> list[str]:
+        got = api.get(f"nodes/{node}/journal", since=max(0, int(since)), until=max(0, int(until)))
+        return [line for line in got if isinstance(line, str)] if isinstance(got, list) else []
+
     return GuestVm(vmid, vm, guest, cfg.collect.max_record_bytes, tasks, backend=choice.backend,
-                   note=choice.mismatch)
+                   note=choice.mismatch, host_log=host_log)
 
 
 def open_vm(cfg: "Config", api, ref, local: str, *, allow_offline: bool = True,

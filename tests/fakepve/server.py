@@ -620,7 +620,7 @@ def _snippet_file(pve: FakePve, volid: str) -> Path:
 
 ALL_PRIVILEGES = ("VM.Audit", "VM.Config.Disk", "VM.Config.Options", "VM.Config.HWType", "VM.PowerMgmt",
                   "VM.Monitor", "VM.GuestAgent.Audit", "Datastore.Audit", "Datastore.AllocateSpace",
-                  "Sys.Audit", "Sys.Modify")
+                  "Sys.Audit", "Sys.Modify", "Sys.Syslog")
 
 
 def _permissions(pve: FakePve, p: dict, user: str):

@@ -1,0 +1,65 @@
+"""Causes on the host, through the fake PVE's journal route: a VM whose QEMU the node's OOM killer
+killed is ``host_oom_kill``, not ``unexpected_reset``; a node reboot is ``node_reboot``."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from tests.conftest import FIXTURES
+from tests.fakepve.hostlog import add_journal
+from tests.pipeline.test_sweep_fakepve import BOOT_A, BOOT_B, _api_task, _evidence, _sweep, running_vm  # noqa: F401
+
+REAL = (FIXTURES / "hostlog" / "memcg-oom-kvm-6.18.dmesg").read_text()
+MESSAGES = [re.sub(r"^\[\s*\d+\.\d+\] ", "", line) for line in REAL.splitlines()]
+
+
+def _ended_boot(fake, guest, config, api, now, journal):
+    guest.boot(BOOT_A, uptime=400)  # boot A started at now-400
+    assert _sweep(config)["status"] == "nothing"
+    journal()  # what the node logged while boot A ran
+    _api_task(fake, api, "start", now - 290)  # the admin (or HA) started the VM again
+    guest.boot(BOOT_B, uptime=280)  # no record: QEMU died from outside
+    return _sweep(config)
+
+
+@pytest.mark.parametrize("scope", [101, 102], ids=["this-vm", "another-vm"])
+def test_the_nodes_oom_killer_killed_qemu(running_vm, scope):  # noqa: F811
+    fake, guest, config, api = running_vm
+    now = time.time()
+
+    def journal():
+        for m in MESSAGES:
+            add_journal(fake, now - 300, m.replace("/qemu.slice/101.scope", f"/qemu.slice/{scope}.scope"))
+    vm = _ended_boot(fake, guest, config, api, now, journal)
+    assert vm["status"] == "collected", vm
+    host = [e for e in _evidence(fake, vm) if e["source"] == "host_kernel"]
+    if scope == 101:
+        assert vm["verdict"] == "host_oom_kill", vm
+        assert [e["details"]["pid"] for e in host] == [29331]
+    else:  # VM 102's QEMU was killed: not this VM's cause
+        assert vm["verdict"] != "host_oom_kill" and host == [], vm
+    assert any(r.path.endswith("/journal") for r in fake.requests)
+
+
+def test_a_node_reboot_while_the_boot_ran(running_vm):  # noqa: F811
+    fake, guest, config, api = running_vm
+    now = time.time()
+
+    def journal():
+        add_journal(fake, now - 380, "pvedaemon[1234]: <root@pam> starting task", ident="pvedaemon", boot="b0")
+        add_journal(fake, now - 295, "Linux version 6.8.12-4-pve", boot="b1")
+    vm = _ended_boot(fake, guest, config, api, now, journal)
+    assert vm["verdict"] == "node_reboot", vm
+
+
+def test_without_sys_syslog_the_verdict_goes_on(running_vm):  # noqa: F811
+    fake, guest, config, api = running_vm
+    now = time.time()
+    fake.privileges = {"/": {"VM.Audit", "VM.Monitor", "Datastore.Audit", "VM.Config.Disk", "VM.PowerMgmt"}}
+    vm = _ended_boot(fake, guest, config, api, now, lambda: [add_journal(fake, now - 300, m) for m in MESSAGES])
+    assert vm["status"] == "collected" and vm["verdict"] != "host_oom_kill", vm
+    notes = [e for e in _evidence(fake, vm) if e["source"] == "host_journal"]
+    assert notes and "not readable" in notes[0]["summary"], notes
