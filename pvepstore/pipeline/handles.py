@@ -136,6 +136,12 @@ def boot_end_from_history(history) -> BootEnd:
     return BootEnd(ended_boot=None, orderly=orderly, kernel=history.previous_kernel, detail=detail)
 
 
+# How far before the new boot's start the node's journal is read: a boot may have run for months, and
+# the API returns every line of the range (no identifier filter). A QEMU killed earlier than this
+# before the VM was started again is not seen (its end is then "unexpected_reset").
+HOST_LOG_LOOKBACK = 6 * 3600
+
+
 @dataclass
 class GuestVm:
     vmid: int
@@ -185,8 +191,9 @@ class GuestVm:
         """The node's own log over the ended boot's lifetime: its OOM killer, its own reboots."""
         if self.host_log is None or window.start is None:
             return []  # without the boot's start, a kill before it could be blamed on it
+        since = max(window.start, end - HOST_LOG_LOOKBACK)
         try:
-            lines = self.host_log(window.start, end + 5)
+            lines = self.host_log(since, end + 5)
         except PveError as exc:  # e.g. no Sys.Syslog on the node: the verdict goes on without it
             return [Evidence("host_journal", None, Confidence.LOW, f"the node's journal was not readable: "
                              f"{exc.message}")]

@@ -63,3 +63,20 @@ def test_without_sys_syslog_the_verdict_goes_on(running_vm):  # noqa: F811
     assert vm["status"] == "collected" and vm["verdict"] != "host_oom_kill", vm
     notes = [e for e in _evidence(fake, vm) if e["source"] == "host_journal"]
     assert notes and "not readable" in notes[0]["summary"], notes
+
+
+def test_the_journal_is_read_only_hours_back_from_the_restart(running_vm):  # noqa: F811
+    from pvepstore.pipeline.handles import HOST_LOG_LOOKBACK
+
+    fake, guest, config, api = running_vm
+    now = time.time()
+    guest.boot(BOOT_A, uptime=40_000)  # boot A ran for 11 hours
+    assert _sweep(config)["status"] == "nothing"
+    for m in MESSAGES:  # killed 8 hours before anyone started the VM again
+        add_journal(fake, now - 30_000, m)
+    _api_task(fake, api, "start", now - 290)
+    guest.boot(BOOT_B, uptime=280)
+    vm = _sweep(config)
+    assert vm["verdict"] != "host_oom_kill", vm
+    (req,) = [r for r in fake.requests if r.path.endswith("/journal")]
+    assert int(req.params["since"]) >= int(now - 280 - HOST_LOG_LOOKBACK) - 1, req.params
