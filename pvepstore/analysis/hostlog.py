@@ -101,13 +101,9 @@ def host_evidence(lines: Iterable[str], vmid: int) -> list[Evidence]:
             continue
         k = _KILLED.match(entry.message)
         if k and int(k["pid"]) in victims:
-            v = victims.pop(int(k["pid"]))
-            items.append(_oom_kill(vmid, entry, k, v))
+            items.append(_oom_kill(vmid, int(k["pid"]), victims.pop(int(k["pid"])), entry, k))
     for pid, v in victims.items():  # a summary whose kill line is missing (rate limit, cut window)
-        items.append(Evidence("host_kernel", VerdictKind.HOST_OOM_KILL, Confidence.HIGH,
-                              f"the node's OOM killer picked VM {vmid}'s QEMU process ({v['comm']}, pid {pid})",
-                              details={"node_time": v["stamp"], "pid": pid, "constraint": v["constraint"],
-                                       "memcg": v["memcg"], "line": v["summary"]}))
+        items.append(_oom_kill(vmid, pid, v))
     reboots = sum(1 for e in parsed if e == REBOOT_MARK)
     if reboots:
         items.append(Evidence("host_journal", VerdictKind.NODE_REBOOT, Confidence.HIGH,
@@ -116,11 +112,18 @@ def host_evidence(lines: Iterable[str], vmid: int) -> list[Evidence]:
     return items
 
 
-def _oom_kill(vmid: int, entry: HostLine, k: re.Match, v: dict) -> Evidence:
-    memcg = k["scope"].startswith("Memory cgroup")
-    why = ("a memory limit of its cgroup" if memcg else "the node ran out of memory")
+def _oom_kill(vmid: int, pid: int, v: dict, entry: HostLine | None = None, k: re.Match | None = None) -> Evidence:
+    """One OOM kill of the VM's QEMU: from its ``Killed process`` line ``k`` when there is one, else
+    from the summary ``v`` alone."""
+    details = {"node_time": v["stamp"], "pid": pid, "constraint": v["constraint"], "memcg": v["memcg"],
+               "line": v["summary"]}
+    if k is None:
+        return Evidence("host_kernel", VerdictKind.HOST_OOM_KILL, Confidence.HIGH,
+                        f"the node's OOM killer picked VM {vmid}'s QEMU process ({v['comm']}, pid {pid})",
+                        details=details)
+    why = ("a memory limit of its cgroup" if k["scope"].startswith("Memory cgroup") else "the node ran out of memory")
     rss = f", {int(k['rss']) // 1024} MiB resident" if k["rss"] else ""
+    details.update(node_time=entry.stamp, line=entry.message)
     return Evidence("host_kernel", VerdictKind.HOST_OOM_KILL, Confidence.HIGH,
-                    f"the node's OOM killer killed VM {vmid}'s QEMU process ({k['comm']}, pid {k['pid']}{rss}): "
-                    f"{why}", details={"node_time": entry.stamp, "pid": int(k["pid"]), "constraint": v["constraint"],
-                                       "memcg": v["memcg"], "line": entry.message})
+                    f"the node's OOM killer killed VM {vmid}'s QEMU process ({k['comm']}, pid {pid}{rss}): {why}",
+                    details=details)

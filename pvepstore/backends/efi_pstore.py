@@ -11,7 +11,7 @@ cleared at the next guest contact.  The vars file is never written on the host.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ..errors import PveError, PvepstoreError, UsageError
@@ -225,8 +225,8 @@ class EfiPstore(Backend):
         vmid, node = ref.vmid, ref.node
         if where.running:
             g = guest_vm(cfg, api, ref, choice, connect_guest)
-            return EfiGuestVm(g.vmid, g.vm, g.guest, g.max_record_bytes, g.tasks, backend=g.backend,
-                              note=g.note, host_log=g.host_log, cfg=cfg)
+            # every field of the plain handle (a field-by-field copy dropped each new one: clock, host_log)
+            return EfiGuestVm(**{f.name: getattr(g, f.name) for f in fields(g)}, cfg=cfg)
         check_host_readable(where, allow_offline=allow_offline, what="its efidisk0")
         if not choice.provisioned:
             conf = api.get(f"nodes/{node}/qemu/{vmid}/config") or {}

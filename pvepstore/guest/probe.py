@@ -335,8 +335,9 @@ def build_report(reply: Reply, serial: str, disk_bytes: int | None) -> ProbeRepo
         if len(f) >= 3:
             name = decode(f[0], 64)
             state = {"enabled": decode(f[1], 64).strip(), "active": decode(f[2], 64).strip()}
-            if len(f) >= 4 and decode(f[3], 64).strip() not in ("", "success"):
-                state["result"] = decode(f[3], 64).strip()
+            result = decode(f[3], 64).strip() if len(f) >= 4 else ""
+            if result not in ("", "success"):
+                state["result"] = result
             r.units[name] = state
             if name == "systemd-pstore.service":
                 r.systemd_pstore.update(state)

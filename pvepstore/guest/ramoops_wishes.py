@@ -100,7 +100,6 @@ def files(s: RamoopsSettings) -> tuple[WantedFile, ...]:
             "Type=oneshot\n"
             "RemainAfterExit=yes\n"
             "TimeoutStartSec=300\n"  # a slow host must not fail the unit
-
             f"ExecStart=/bin/sh {LOADER}\n\n"
             "[Install]\n"
             "WantedBy=sysinit.target\n")

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import re
-
 from pvepstore.analysis.evidence import Confidence, Evidence, VerdictKind
 from pvepstore.analysis.hostlog import MAX_LINE, host_evidence, oom_summary, parse_lines
 from pvepstore.analysis.verdict import decide
-from tests.conftest import FIXTURES
-from tests.fakepve.hostlog import JournalEntry, _line
+from tests.fakepve.hostlog import JournalEntry, _line, real_oom_messages
 
-REAL = (FIXTURES / "hostlog" / "memcg-oom-kvm-6.18.dmesg").read_text()
-MESSAGES = [re.sub(r"^\[\s*\d+\.\d+\] ", "", line) for line in REAL.splitlines()]
+MESSAGES = real_oom_messages()
 
 
 def journal(messages, *, at=1_764_745_000, boot="b0") -> list[str]:

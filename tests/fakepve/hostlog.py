@@ -8,10 +8,19 @@ no ``_PID``), ``-- Reboot --`` where the entries' boot id changes, and a cursor 
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from .server import ROUTES, PveFailure, _permissions
+
+REAL_OOM = Path(__file__).resolve().parents[1] / "fixtures" / "hostlog" / "memcg-oom-kvm-6.18.dmesg"
+
+
+def real_oom_messages() -> list[str]:
+    """The real kernel's OOM-kill lines (tests/fixtures/hostlog/), without dmesg's timestamps."""
+    return [re.sub(r"^\[\s*\d+\.\d+\] ", "", line) for line in REAL_OOM.read_text().splitlines()]
 
 
 @dataclass(frozen=True)

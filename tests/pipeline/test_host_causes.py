@@ -3,17 +3,14 @@ killed is ``host_oom_kill``, not ``unexpected_reset``; a node reboot is ``node_r
 
 from __future__ import annotations
 
-import re
 import time
 
 import pytest
 
-from tests.conftest import FIXTURES
-from tests.fakepve.hostlog import add_journal
+from tests.fakepve.hostlog import add_journal, real_oom_messages
 from tests.pipeline.test_sweep_fakepve import BOOT_A, BOOT_B, _api_task, _evidence, _sweep, running_vm  # noqa: F401
 
-REAL = (FIXTURES / "hostlog" / "memcg-oom-kvm-6.18.dmesg").read_text()
-MESSAGES = [re.sub(r"^\[\s*\d+\.\d+\] ", "", line) for line in REAL.splitlines()]
+MESSAGES = real_oom_messages()
 
 
 def _ended_boot(fake, guest, config, api, now, journal):
