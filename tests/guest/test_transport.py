@@ -105,7 +105,8 @@ class GarbageSshd:
         self.sock.listen(8)
         self.port = self.sock.getsockname()[1]
         self.accepted = 0
-        threading.Thread(target=self._serve, daemon=True).start()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
 
     def _serve(self):
         while True:
@@ -120,6 +121,16 @@ class GarbageSshd:
                 conn.close()
 
     def close(self):
+        # shutdown wakes the blocked accept(); a bare close() leaves the thread blocked on a
+        # descriptor number that the next test's listening socket (the fake PVE's) reuses, and it
+        # then answers that server's clients with its garbage ("TLS: wrong version number")
+        import socket
+
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.thread.join(5)
         self.sock.close()
 
 
