@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .backends import registry
+from .backends.capture import IvshmemPolicy
 from .backends.registry import BackendName
 from .configcheck import Kind, Spec, check, key_name, shown
 from .configload import parse_yaml, read_config_text
@@ -37,16 +38,16 @@ SERIAL_RE = re.compile(r"^[A-Za-z0-9_-]{1,20}$")  # virtio-blk shows at most 20 
 
 
 class _BackendNames(tuple):
-    """The registry's names when asked (a backend registered later is valid too); a tuple for show."""
+    """``auto`` and the registry's names when asked (a backend registered later is valid too)."""
 
     def __contains__(self, name: object) -> bool:
-        return name in registry.names()
+        return name in registry.choices()
 
     def __iter__(self):
-        return iter(registry.names())
+        return iter(registry.choices())
 
     def __len__(self) -> int:
-        return len(registry.names())
+        return len(registry.choices())
 
 
 BACKENDS = _BackendNames()
@@ -130,6 +131,13 @@ class EfiPstoreConfig:
 
 
 @dataclass(frozen=True)
+class AutoConfig:
+    # may backend: auto pick ivshmem (it costs the VM its live migration)?  if-root: only when pvepstore
+    # may set ivshmem/hookscript itself (api.backend: local); allow: also otherwise; never
+    ivshmem: str = _key(IvshmemPolicy.IF_ROOT.value, Spec(Kind.CHOICE, choices=tuple(p.value for p in IvshmemPolicy)))
+
+
+@dataclass(frozen=True)
 class ScopeConfig:
     vms: tuple[int, ...] = _key((), Spec(Kind.VMIDS))
     tag: str | None = _key("pvepstore", Spec(Kind.STR, optional=True, pattern=r"(?i)[a-z0-9_][a-z0-9_+.-]*",
@@ -170,7 +178,8 @@ class Config:
     state_dir: str = _key("/var/lib/pvepstore", _PATH)
     node: str | None = _key(None, Spec(Kind.STR, optional=True, pattern=r"[A-Za-z0-9][A-Za-z0-9.-]{0,62}",
                                        form="a node name"))  # None: from /etc/pve/.members
-    backend: str = _key(registry.DEFAULT, _BACKEND)
+    backend: str = _key(registry.AUTO, _BACKEND)
+    auto: AutoConfig = AutoConfig()
     api: ApiConfig = ApiConfig()
     ssh: SshConfig = SshConfig()
     disk: DiskConfig = DiskConfig()
@@ -198,7 +207,7 @@ class Config:
 _SECTIONS = {"api": ApiConfig, "ssh": SshConfig, "disk": DiskConfig,
              BackendName.PSTORE_BLK.value: PstoreBlkConfig,  # that backend's own settings
              BackendName.EFI_PSTORE.value: EfiPstoreConfig,
-             "scope": ScopeConfig, "collect": CollectConfig, "retention": RetentionConfig}
+             "auto": AutoConfig, "scope": ScopeConfig, "collect": CollectConfig, "retention": RetentionConfig}
 _VM_KEYS = {"ssh", "disk", "backend"}
 
 

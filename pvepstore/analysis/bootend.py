@@ -78,6 +78,8 @@ class BootEnd:
     orderly: str | None = None
     kernel: str | None = None
     detail: str = ""
+    qemu_run: bool = False  # ended_boot is a QEMU process seen on the host (ivshmem), not a guest boot
+    log_tail: tuple[str, ...] = ()  # the ended boot's last journal lines (short-unix), when persistent
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,12 @@ def ended_boot_evidence(end: BootEnd) -> Evidence:
     if end.orderly == "poweroff":
         return Evidence("boot_history", VerdictKind.ORDERLY_POWEROFF, Confidence.MEDIUM,
                         f"the previous boot reached an orderly poweroff{_detail(end)}", record=end.ended_boot)
+    if end.qemu_run:
+        # ramoops on ivshmem writes a dump for a panic and for an orderly shutdown alike: a QEMU
+        # process that ended without either was ended from outside the guest
+        return Evidence("qemu_run", VerdictKind.UNEXPECTED_RESET, Confidence.MEDIUM,
+                        "the VM's QEMU process ended and the guest wrote no dump (ramoops keeps panics and "
+                        "orderly shutdowns): it was stopped, killed or crashed on the host", record=end.ended_boot)
     confidence = Confidence.MEDIUM if end.orderly == "none" else Confidence.LOW
     why = ("its log ends without an orderly shutdown" if end.orderly == "none"
            else "no sign of an orderly shutdown (the guest keeps no persistent log of it)")

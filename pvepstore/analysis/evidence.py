@@ -111,6 +111,9 @@ _POWEROFF = re.compile(r"^(?:reboot: )?(?:Power down|System halted)")
 
 NO_RECORD_NOTE = ("no pstore record: pstore_blk on a virtual disk never stores panic, shutdown or "
                   "emergency-restart dumps, so this is not evidence of a clean reboot")
+# ramoops (ivshmem) and efi_pstore write a panic's dump at panic time
+NO_RECORD_PANIC_KEPT = ("no pstore record: {backend} keeps panic dumps and none was written, so the guest "
+                        "did not panic while pstore was loaded")
 
 
 def primary_crash(crashes: Iterable[Crash]) -> Crash | None:
@@ -180,7 +183,8 @@ def record_evidence(rec: Record) -> Evidence | None:
     return None
 
 
-def pstore_evidence(records: Iterable[Record], *, backend: str = "pstore_blk") -> list[Evidence]:
+def pstore_evidence(records: Iterable[Record], *, backend: str = "pstore_blk",
+                    keeps_panics: bool = False) -> list[Evidence]:
     """Evidence from the records of one pstore device, newest dump first.
 
     With no record at all, a single item says so and explicitly suggests nothing.
@@ -188,7 +192,8 @@ def pstore_evidence(records: Iterable[Record], *, backend: str = "pstore_blk") -
     records = [r for r in records if not r.erased]
     items = [e for r in records if (e := record_evidence(r)) is not None]
     if not any(r.kind is Kind.DMESG for r in records):
-        items.append(Evidence(backend, None, Confidence.LOW, NO_RECORD_NOTE))
+        note = NO_RECORD_PANIC_KEPT.format(backend=backend) if keeps_panics else NO_RECORD_NOTE
+        items.append(Evidence(backend, None, Confidence.LOW, note))
     return sorted(items, key=lambda e: (e.time is None, -(e.time.timestamp() if e.time else 0)))
 
 

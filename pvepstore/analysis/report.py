@@ -100,7 +100,7 @@ def build_report(result: ParseResult, *, vm: dict | None = None, now: datetime |
 
 def build_event(records: list[Record], *, vm: dict | None = None, now: datetime | None = None,
                 image: dict | None = None, extra_evidence: Sequence[EvidenceItem] = (),
-                ended_boot: str | None = None, backend: str = "pstore_blk") -> dict:
+                ended_boot: str | None = None, backend: str = "pstore_blk", keeps_panics: bool = False) -> dict:
     """The CloudEvent for one incident: pstore records plus evidence from other sources.
 
     ``ended_boot`` (the guest boot id that ended) makes incidents without any
@@ -109,7 +109,7 @@ def build_event(records: list[Record], *, vm: dict | None = None, now: datetime 
     now = now or datetime.now(timezone.utc)
     records = [r for r in records if not r.erased]
     with image_budget():  # one image's records share one analysis budget (see .limits)
-        evidence = pstore_evidence(records, backend=backend) + list(extra_evidence)
+        evidence = pstore_evidence(records, backend=backend, keeps_panics=keeps_panics) + list(extra_evidence)
     verdict = decide(evidence)
     crashes = [(c, e.record) for e in evidence if isinstance(e, Evidence) for c in e.crashes]
     times = [r.time for r in records if r.time is not None and r.kind is Kind.DMESG]

@@ -19,6 +19,7 @@ from ..errors import UsageError
 
 if TYPE_CHECKING:
     from ..config import Config
+    from .capture import Blocker, Event, VmFacts
     from ..pipeline.provision import Context, UnprovisionResult, VmStatus
 
 
@@ -83,6 +84,7 @@ class ProvisionResult:
     verify: Any = None
     problems: list[str] = field(default_factory=list)
     backend: str = ""  # the registry name the run used (set by the pipeline)
+    auto: Any = None  # backend: auto's AutoDecision (None: the backend was named)
 
     @property
     def pve_ready(self) -> bool:
@@ -104,7 +106,8 @@ class ProvisionResult:
         return PveSummary(items=[])
 
     def to_json(self) -> dict:
-        return {"vmid": self.vmid, "node": self.node, "backend": self.backend, "dry_run": self.dry_run,
+        return {"vmid": self.vmid, "node": self.node, "backend": self.backend, "auto": as_json(self.auto),
+                "dry_run": self.dry_run,
                 "ok": self.ok, "api_calls": [c.to_json() for c in self.api_calls],
                 "address": None if self.address is None else {"host": self.address.host,
                                                               "source": self.address.source},
@@ -129,6 +132,25 @@ class Backend(ABC):
     stopped_records: ClassVar[str] = ""  # where the host reads a stopped VM's records
     host_reads_running: ClassVar[bool] = False  # records of a RUNNING VM are read on the host too
     guest_rules: ClassVar[Any] = None    # the guest rule module (assess, settings, wishes, verify)
+    preference: ClassVar[int] = 0        # backend: auto tries the highest first
+    keeps_panics: ClassVar[bool] = False  # a panic leaves a record (no record then means no panic)
+
+    # -- what it keeps, and for which VMs (backend: auto, status's capture matrix; pure) ----------
+    def captures(self, facts: "VmFacts") -> "dict[Event, str]":
+        """The boot ends this backend keeps a record of, each with how."""
+        return {}
+
+    def blockers(self, facts: "VmFacts") -> "list[Blocker]":
+        """Why this backend cannot serve the VM now (empty: it can), each with the fix."""
+        return []
+
+    def fits(self, facts: "VmFacts") -> list[str]:
+        """Why it suits the VM (the words of auto's decision)."""
+        return [self.summary] if self.summary else []
+
+    def costs(self, facts: "VmFacts") -> list[str]:
+        """What the VM gives up with it."""
+        return []
 
     def provision_flag(self) -> str:
         """The ``--backend`` words a hint adds to ``pvepstore provision VMID``."""

@@ -169,7 +169,8 @@ class EfidiskVm:
     def gather(self) -> Gathered:
         got = efidisk.read_efidisk(self.cfg, self.vmid, runner=self.runner)
         result = efidisk.parse(got)
-        return Gathered(source="efidisk", records=[r for r in result.records if not r.erased], backend="efi")
+        return Gathered(source="efidisk", records=[r for r in result.records if not r.erased], backend="efi",
+                        keeps_panics=True)
 
     def clear(self, records: Sequence) -> None:
         want = pending_clear(self.cfg, self.vmid)
@@ -184,6 +185,35 @@ class EfiPstore(Backend):
     stopped_records = "efidisk0 on the host, under PVE's lock (cleared at the next guest contact)"
     host_reads_running = False
     guest_rules = efi_wishes
+    keeps_panics = True
+    preference = 30  # keeps panics, changes nothing in the VM's config, migrates with the VM
+
+    def captures(self, facts):
+        from .capture import Event
+        got = {Event.OOPS: "an Oops record in the UEFI variable store", Event.PANIC: "written at panic time"}
+        if facts.always_kmsg_dump:
+            got[Event.CLEAN_REBOOT] = got[Event.POWEROFF] = "a Shutdown dump (efi_pstore.always_kmsg_dump)"
+        return got
+
+    def blockers(self, facts):
+        from .capture import Blocker
+        bios = str(facts.conf.get("bios") or "seabios")
+        if bios != "ovmf":
+            return [Blocker(NO_OVMF.format(bios=bios),
+                            f"boot the VM through UEFI (qm set {facts.vmid} --bios ovmf --efidisk0 <storage>:1,"
+                            "efitype=4m; the guest must have an EFI system partition)")]
+        if efidisk.find_efidisk(dict(facts.conf)) is None:
+            return [Blocker("OVMF without an efidisk0 (records would vanish at every stop)",
+                            f"add an efidisk0 (qm set {facts.vmid} --efidisk0 <storage>:1,efitype=4m)")]
+        return []
+
+    def fits(self, facts):
+        disk = efidisk.find_efidisk(dict(facts.conf))
+        return [f"OVMF with efidisk0 {disk.volid if disk else ''}".rstrip()
+                + ": keeps panics, changes nothing in the VM's config, migrates with the VM"]
+
+    def costs(self, facts):
+        return ["~12.5 KB of the UEFI variable store per dump (status shows the fill level)"]
 
     def guest_settings(self, report, cfg: "Config"):
         return efi_wishes.settings(report, kmsg_bytes=cfg.efi_pstore.kmsg_bytes,

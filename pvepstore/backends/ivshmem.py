@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..errors import GuestError
 from ..guest import ramoops_wishes
 from ..pipeline.handles import IvshmemVm, not_provisioned_error
+from ..pipeline.hostevidence import api_sources
 from ..pve import ivshmem
 from ..pve import state
 from .base import Backend, ProvisionOptions, VmWhere
@@ -27,6 +28,47 @@ class Ivshmem(Backend):
     stopped_records = "the shm file, its keep link or the durable copy on the host"
     host_reads_running = True
     guest_rules = ramoops_wishes
+    keeps_panics = True
+    preference = 20  # keeps everything, but costs live migration and needs root@pam
+
+    def captures(self, facts):
+        from .capture import Event
+        return {Event.OOPS: "an Oops record in the ivshmem memory", Event.PANIC: "written at panic time",
+                Event.CLEAN_REBOOT: "a Shutdown record (max_reason=4)", Event.POWEROFF: "a Shutdown record"}
+
+    def blockers(self, facts):
+        from .capture import Blocker, IvshmemPolicy
+        out = []
+        have = facts.conf.get("ivshmem")
+        if have and _shm_name_of(have) != ivshmem.shm_name(facts.vmid):
+            out.append(Blocker(f"the VM has another ivshmem device ({have})",
+                               "none: Proxmox allows one ivshmem device per VM"))
+        if facts.ivshmem_policy is IvshmemPolicy.NEVER:
+            out.append(Blocker("auto.ivshmem is never", "set auto.ivshmem: allow (costs live migration)"))
+        elif facts.ivshmem_policy is IvshmemPolicy.IF_ROOT and not facts.root_options:
+            out.append(Blocker("only root@pam may set ivshmem/hookscript and pvepstore's API identity is not "
+                               "root@pam itself (an API token never is)",
+                               "allow ivshmem (api.backend: local, or auto.ivshmem: allow and set the two "
+                               "options as root): costs live migration"))
+        if facts.ha_managed:
+            out.append(Blocker("HA-managed: HA migrates the VM, which ivshmem forbids",
+                               f"none while VM {facts.vmid} is an HA resource"))
+        elif facts.ha_managed is None:
+            out.append(Blocker("HA state not readable (Sys.Audit on /)",
+                               "grant the API token Sys.Audit on / so pvepstore can see the VM is not HA-managed"))
+        if facts.replicated:
+            out.append(Blocker("in a replication job (replication is there to move the VM)",
+                               "none while the VM is replicated"))
+        elif facts.replicated is None:
+            out.append(Blocker("replication jobs not readable", "grant the API token VM.Audit on the VM"))
+        return out
+
+    def fits(self, facts):
+        return ["keeps Oopses, panics, reboots and poweroffs; read on the host in every VM state"]
+
+    def costs(self, facts):
+        return ["no live migration while the device is there (offline migration works)",
+                "a hookscript and a 1 MiB ivshmem device in the VM's config"]
 
     def provision(self, ctx: "Context", vmid: int, opts: ProvisionOptions) -> Any:
         return provision_ivshmem(ctx, vmid, dry_run=opts.dry_run, restart=opts.restart or opts.reboot,
@@ -66,7 +108,9 @@ class Ivshmem(Backend):
                              "node's /dev/shm", hint="run the sweep on every node")
         if not choice.provisioned and not self.has_records(cfg, vmid):
             raise not_provisioned_error(vmid, choice, "no ivshmem device set up, no records file")
-        return IvshmemVm(vmid, {"vmid": vmid, "node": node, "name": ref.name}, cfg, note=choice.mismatch)
+        tasks, host_log = api_sources(api, node, vmid) if api is not None else (None, None)
+        return IvshmemVm(vmid, {"vmid": vmid, "node": node, "name": ref.name}, cfg, note=choice.mismatch,
+                         tasks=tasks, host_log=host_log)
 
     def read_host(self, cfg: "Config", vmid: int, *, clear: bool = False, runner=None) -> Any:
         """The ramoops records in the VM's ivshmem memory (live file, keep link or durable copy)."""

@@ -193,9 +193,9 @@ def provision_ivshmem(ctx: Context, vmid: int, *, dry_run: bool = False, restart
         raise PveError(f"VM {vmid} is on node {node}: its hookscript and /dev/shm file live there",
                        hint=f"run `pvepstore provision {vmid} --backend ivshmem` on {node}")
     res = IvshmemProvisionResult(vmid, node, dry_run, ivshmem=ivshmem.ivshmem_option(vmid))
-    if vm_cfg.backend != "ivshmem":
-        res.notes.append(f"set `vms.{vmid}.backend: ivshmem` (or `backend: ivshmem`) in the config: collect "
-                         "and the sweep choose the reader (the host's shm file) from it")
+    if vm_cfg.backend not in ("ivshmem", "auto"):  # a config naming another backend wins over the record
+        res.notes.append(f"the config names {vm_cfg.backend} for this VM, and collect and the sweep follow "
+                         f"the config: set `vms.{vmid}.backend: ivshmem` (or auto)")
     path = f"nodes/{node}/qemu/{vmid}/config"
     journal = preflight.Journal()
     committed = False

@@ -198,6 +198,14 @@ class PstoreBlk(Backend):
     proxmox_side = "attaches one disk (disk.size_mib, default 512 MiB; serial pvepstore)"
     stopped_records = "the disk's volume on the host, under PVE's lock"
     guest_rules = blk_wishes
+    preference = 10  # fits every VM: the floor of backend: auto
+
+    def captures(self, facts):
+        from .capture import Event
+        return {Event.OOPS: "a non-fatal Oops, written ~0.5 s after it (a panic, a shutdown or reset dump: never)"}
+
+    def fits(self, facts):
+        return ["fits every VM (a 512 MiB virtio disk); keeps non-fatal Oopses only"]
 
     def guest_settings(self, report, cfg: "Config"):
         return blk_wishes.settings(report, kmsg_size=cfg.pstore_blk.kmsg_size, max_reason=cfg.pstore_blk.max_reason)

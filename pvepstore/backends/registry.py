@@ -21,7 +21,8 @@ class BackendName(str, Enum):
     EFI_PSTORE = "efi_pstore"
 
 
-DEFAULT = BackendName.PSTORE_BLK.value
+DEFAULT = BackendName.PSTORE_BLK.value  # the reader of a VM nothing was set up for (it needs no device)
+AUTO = "auto"  # the config's default: provision picks per VM (:mod:`.auto`); not a backend itself
 
 _BUILTIN = {BackendName.PSTORE_BLK.value: "pvepstore.backends.pstore_blk",
             BackendName.IVSHMEM.value: "pvepstore.backends.ivshmem",
@@ -33,6 +34,11 @@ _LOADED: dict[str, "Backend"] = {}
 def names() -> tuple[str, ...]:
     """Every backend name, built-ins first (the order of --backend's choices and the docs)."""
     return (*_BUILTIN, *(n for n in _EXTRA if n not in _BUILTIN))
+
+
+def choices() -> tuple[str, ...]:
+    """What ``backend:`` in the config may say: ``auto`` or a backend's name."""
+    return (AUTO, *names())
 
 
 def get(name: str) -> "Backend":

@@ -31,7 +31,9 @@ _LEGACY = typer.Option(False, "--remove-legacy",
 def _setup(ctx: typer.Context, vmid: int, host, port, user):
     env = env_of(ctx)
     cfg = env.load_config()
-    vm = cfg.for_vm(vmid)
+    from ..pipeline.handles import vm_backend
+    # the backend these guest commands assess for: a named one, else what provision set up (auto)
+    vm = replace(cfg.for_vm(vmid), backend=vm_backend(cfg, vmid).backend)
     ssh = vm.ssh
     if port is not None:
         ssh = replace(ssh, port=port)

@@ -11,6 +11,9 @@ def provision_lines(res: Any) -> list[str]:
     head = "provision" + (f", {pve.head}" if pve.head else "")
     head += " (dry run: nothing was changed)" if res.dry_run else ""
     out = [f"VM {res.vmid} on {res.node}: {head}"]
+    out.append(f"  backend: {res.backend}" + (" (backend: auto)" if res.auto is not None else ""))
+    if res.auto is not None:
+        out += [f"    {line}" for line in res.auto.lines()]
     out += [f"  {label}: {value}" for label, value in pve.items]
     out += [f"    note: {n}" for n in pve.notes]
     return out + _guest_lines(res, probe_note=pve.probe_note, done=pve.done)

@@ -87,6 +87,21 @@ def _yn(value) -> str:
     return "-" if value is None else ("yes" if value else "no")
 
 
+def capture_lines(r) -> list[str]:
+    """The capture matrix under a status row: one line of yes/no, then what would turn each no into a yes."""
+    out = []
+    if r.capture:
+        out.append("captures: " + ", ".join(f"{c.event.value} {'yes' if c.captured else 'NO'}" for c in r.capture))
+        for c in r.capture:
+            if not c.captured and c.improve:
+                out.append(f"  {c.event.value}: " + " | ".join(c.improve))
+    if r.auto is not None and r.auto.switch_hint:
+        out.append(r.auto.switch_hint)
+    elif r.auto is not None and not r.provisioned:
+        out.append(f"auto: provision would set up {r.auto.backend} (`pvepstore provision {r.vmid} --dry-run` says why)")
+    return out
+
+
 def status_command(
     ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
@@ -110,6 +125,8 @@ def status_command(
                 f"{_yn(r.backend_ok):<9} {_when(r.last_collection)}" + (f"  error: {r.error}" if r.error else ""))
         if r.store:
             env.out(f"{'':>6} {terminal_safe(r.store)}")
+        for line in capture_lines(r):
+            env.out(f"{'':>6} {terminal_safe(line)}")
 
 
 def read_command(

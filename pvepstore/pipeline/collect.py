@@ -27,6 +27,7 @@ from enum import Enum
 from typing import Callable, Protocol, Sequence
 
 from ..analysis.bootend import BootEnd, ended_boot_evidence, ended_window, planned_reboot_evidence
+from ..analysis.guestlog import ended_log_evidence
 from ..analysis.evidence import EvidenceItem
 from ..analysis.report import build_event
 from ..pstore.model import Record
@@ -52,6 +53,7 @@ class Gathered:
     # own list of its boots (``journalctl --list-boots`` lines): the ended boot's lifetime.
     boot_started: float | None = None
     boots: list[str] = field(default_factory=list)
+    keeps_panics: bool = False  # the backend writes a panic's dump (no record then means no panic)
 
 
 class VmHandle(Protocol):
@@ -99,6 +101,7 @@ class VmResult:
                 "seconds": round(self.seconds, 3), "notes": list(self.notes)}
 
 
+BOOT_ENDING = ("Panic", "Emergency", "Shutdown")  # kmsg_dump reasons after which the boot does not go on
 VmState = VmStateStore  # the collector's name for pvepstore's per-VM state
 
 
@@ -155,6 +158,7 @@ class Collector:
         if ended is not None:
             end = replace(got.boot_end, ended_boot=ended) if got.boot_end else BootEnd(ended_boot=ended)
             evidence.append(ended_boot_evidence(end))
+            evidence.extend(ended_log_evidence(end.log_tail, orderly=end.orderly in ("reboot", "poweroff")))
             more = getattr(handle, "boot_end_evidence", None)
             if more is not None:
                 # Only tasks inside the ended boot's lifetime may explain its end (issue 11 #17).
@@ -167,6 +171,7 @@ class Collector:
         now = datetime.fromtimestamp(self.clock(), tz=timezone.utc)
         event = build_event(records, vm=handle.vm, now=now, extra_evidence=evidence,
                             ended_boot=ended if not records else None, backend=got.backend,
+                            keeps_panics=got.keeps_panics,
                             image={"path": f"{got.source}:{vmid}"})
         verdict = event["data"]["verdict"]
 
@@ -182,6 +187,10 @@ class Collector:
         changes.update(seen)
         if boot_ended:
             changes["planned_reboot"] = None
+        if not got.boot_id and any(r.reason in BOOT_ENDING for r in records):
+            # read on the host while the VM is off (ivshmem): these dumps explain how its last QEMU run
+            # ended, so the next run must not be compared with it (one incident, not a second "reset")
+            changes.update(boot_id=None, boot_started=None)
         self.state.update(vmid, **changes)
         if records:
             self.checkpoint("clear")

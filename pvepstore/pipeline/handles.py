@@ -10,7 +10,7 @@
 An in-scope VM that was never provisioned for its backend is a state, not a failure:
 :class:`NotProvisioned` (the sweep reports it as ``not_provisioned`` and carries on).
 
-Proxmox task-log evidence is fetched only when a boot ended (it costs an API call).
+Proxmox task-log and node-journal evidence (:mod:`.hostevidence`) is fetched only when a boot ended.
 """
 
 from __future__ import annotations
@@ -20,16 +20,15 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from ..analysis.bootend import BootEnd, BootWindow, task_evidence
-from ..analysis.evidence import Confidence, Evidence, EvidenceItem
-from ..analysis.hostlog import host_evidence
-from ..errors import ConfigError, GuestError, PveError
+from ..analysis.bootend import BootEnd
+from ..errors import ConfigError, GuestError
 from ..guest import Guest
 from ..pstore.files import record_from_file
 from ..pstore.model import Record
 from ..backends import registry
 from ..backends.base import VmWhere
 from .collect import Gathered
+from .hostevidence import HostEvidence, api_sources
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -48,8 +47,9 @@ class NotProvisioned(ConfigError):
 class BackendChoice:
     """Which backend a VM uses and why.
 
-    ``source``: "config" (``vms.<id>.backend``, or a top-level ``backend`` other than the
-    default), "provision" (what the last provision recorded; enough on its own) or "default".
+    ``source``: "config" (``vms.<id>.backend``, or a top-level ``backend``, naming a backend),
+    "provision" (what the last provision recorded, the rule under ``auto``) or "default" (nothing
+    set up and nothing named: the reader of :data:`registry.DEFAULT`).
     ``provisioned``: provision set up this very backend and unprovision has not removed it.
     ``mismatch``: the config and the provisioned state disagree (the config wins, and says so).
     """
@@ -75,12 +75,11 @@ def recorded_backend(cfg: "Config", vmid: int) -> str | None:
 def vm_backend(cfg: "Config", vmid: int) -> BackendChoice:
     raw = cfg.vms.get(int(vmid), {})
     recorded = recorded_backend(cfg, vmid)
-    if "backend" in raw:
+    configured = key = None  # auto (the default): provision chose, and recorded what
+    if "backend" in raw and str(raw["backend"]) != registry.AUTO:
         configured, key = str(raw["backend"]), f"vms.{vmid}.backend"
-    elif cfg.backend != registry.DEFAULT:  # an explicit default backend cannot be told from the default
+    elif "backend" not in raw and cfg.backend != registry.AUTO:
         configured, key = cfg.backend, "backend"
-    else:
-        configured = key = None
     if configured is None:
         if recorded is not None:
             return BackendChoice(recorded, "provision", True)
@@ -133,17 +132,12 @@ def boot_end_from_history(history) -> BootEnd:
     elif history.previous_orderly is False:
         orderly = "none"
     detail = f"previous kernel {history.previous_kernel}" if history.previous_kernel else ""
-    return BootEnd(ended_boot=None, orderly=orderly, kernel=history.previous_kernel, detail=detail)
-
-
-# How far before the new boot's start the node's journal is read: a boot may have run for months, and
-# the API returns every line of the range (no identifier filter). A QEMU killed earlier than this
-# before the VM was started again is not seen (its end is then "unexpected_reset").
-HOST_LOG_LOOKBACK = 6 * 3600
+    return BootEnd(ended_boot=None, orderly=orderly, kernel=history.previous_kernel, detail=detail,
+                   log_tail=tuple(history.previous_tail))
 
 
 @dataclass
-class GuestVm:
+class GuestVm(HostEvidence):
     vmid: int
     vm: dict
     guest: Guest
@@ -175,29 +169,8 @@ class GuestVm:
         started = replied - history.uptime if history.uptime is not None and history.uptime >= 0 else None
         return Gathered(source="guest", records=records, boot_id=history.boot_id or None,
                         boot_end=boot_end_from_history(history), backend=self.backend,
-                        boot_started=started, boots=list(history.boots))
-
-    def boot_end_evidence(self, window: BootWindow) -> list[EvidenceItem]:
-        """The Proxmox task that ended the boot in ``window``, if one did (asked only when a boot ended)."""
-        if self.tasks is None:
-            return []
-        end = window.end if window.end is not None else self.clock()
-        # A little before the boot's start too: the evidence names the tasks it did NOT use (the
-        # stop that ended the boot before, ...), so a reader sees why they do not explain this end.
-        since = (window.start if window.start is not None else end - 3000) - 600
-        return task_evidence(self.tasks(since), window) + self._host_evidence(window, end)
-
-    def _host_evidence(self, window: BootWindow, end: float) -> list[EvidenceItem]:
-        """The node's own log over the ended boot's lifetime: its OOM killer, its own reboots."""
-        if self.host_log is None or window.start is None:
-            return []  # without the boot's start, a kill before it could be blamed on it
-        since = max(window.start, end - HOST_LOG_LOOKBACK)
-        try:
-            lines = self.host_log(since, end + 5)
-        except PveError as exc:  # e.g. no Sys.Syslog on the node: the verdict goes on without it
-            return [Evidence("host_journal", None, Confidence.LOW, f"the node's journal was not readable: "
-                             f"{exc.message}")]
-        return list(host_evidence(lines, self.vmid))
+                        boot_started=started, boots=list(history.boots),
+                        keeps_panics=self.backend in registry.names() and registry.get(self.backend).keeps_panics)
 
     def close(self) -> None:
         self.guest.close()
@@ -251,25 +224,35 @@ class OfflineVm:
 
 
 @dataclass
-class IvshmemVm:
+class IvshmemVm(HostEvidence):
     """ramoops on an ivshmem device, read from the host's shm file: no SSH, any VM state.
 
-    The records themselves say how boots ended (Panic, Shutdown, Emergency dumps).
+    The records themselves say how boots ended (Panic, Shutdown, Emergency dumps).  A QEMU
+    process that ended without one (stopped, killed, crashed on the host) is seen as a new
+    QEMU run (:func:`pvepstore.pve.locking.qemu_run`): the run plays the part of the guest's
+    boot id, so the tasks and the node's journal explain its end as for every other backend.
     """
 
     vmid: int
     vm: dict
     cfg: "Config"
     note: str = ""
+    tasks: Callable[[float | None], list[dict]] | None = None
+    host_log: Callable[[float, float], list[str]] | None = None
+    clock: Callable[[], float] = time.time
     _image: object = field(default=None, repr=False)
 
     def gather(self) -> Gathered:
         from ..pve import ivshmem
+        from ..pve.locking import qemu_run
 
+        run = qemu_run(self.cfg.paths, self.vmid)
         self._image = ivshmem.read_image(self.cfg, self.vmid)
         result = ivshmem.parse_image(self.cfg, self.vmid, self._image)
         return Gathered(source=f"ivshmem-{self._image.source}", records=list(result.records),
-                        backend="ramoops")
+                        backend="ramoops", boot_id=run[0] if run else None,
+                        boot_started=run[1] if run else None, boots=ivshmem.qemu_runs(self.cfg, self.vmid),
+                        boot_end=BootEnd(None, orderly="none", qemu_run=True), keeps_panics=True)
 
     def clear(self, records: Sequence[Record]) -> None:
         from ..pve import ivshmem
@@ -297,17 +280,7 @@ def guest_vm(cfg: "Config", api, ref, choice: BackendChoice, connect_guest: Call
     vm = {"vmid": ref.vmid, "node": ref.node, "name": ref.name}
     guest = open_guest(cfg, api, ref, connect_guest)
     node, vmid = ref.node, ref.vmid
-
-    def tasks(since: float | None) -> list[dict]:
-        params = {"vmid": vmid, "limit": 50, "source": "all"}
-        if since is not None:
-            params["since"] = max(0, int(since))
-        return api.get(f"nodes/{node}/tasks", **params) or []
-
-    def host_log(since: float, until: float) -> list[str]:
-        got = api.get(f"nodes/{node}/journal", since=max(0, int(since)), until=max(0, int(until)))
-        return [line for line in got if isinstance(line, str)] if isinstance(got, list) else []
-
+    tasks, host_log = api_sources(api, node, vmid)
     return GuestVm(vmid, vm, guest, cfg.collect.max_record_bytes, tasks, backend=choice.backend,
                    note=choice.mismatch, host_log=host_log)
 

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from ..backends import registry
@@ -28,6 +28,8 @@ from ..pve.api import PveApi, connect as api_connect
 from ..pve.commands import CommandRunner
 from ..pve.disks import DetachResult
 from ..pve.inventory import in_scope, list_vms, locate
+from ..backends.auto import AutoDecision
+from .autoselect import ClusterFacts, capture_cells, decide, is_auto
 from .handles import vm_backend
 from .provision_common import _remember_verify, _running
 
@@ -76,13 +78,28 @@ def provision(ctx: Context, vmid: int, *, dry_run: bool = False, reboot: bool = 
               backend: str | None = None, restart: bool = False, hook_storage: str | None = None) -> ProvisionResult:
     """The VM's backend's provision flow; then what `status` shows as "backend verified"."""
     ctx.api.dry_run = dry_run
+    decision = None
+    if backend is None and is_auto(ctx.cfg, vmid):
+        decision = auto_decision(ctx, vmid)
+        backend = decision.backend
     chosen = registry.get(backend or ctx.cfg.for_vm(vmid).backend)
     res = chosen.provision(ctx, vmid, ProvisionOptions(dry_run=dry_run, reboot=reboot, restart=restart,
                                                        hook_storage=hook_storage))
     res.backend = chosen.name
+    res.auto = decision
+    if decision is not None and not dry_run:  # what auto decided and why, for status and the next run
+        state.update(ctx.cfg, vmid, auto={**decision.to_json(), "at": ctx.clock()})
     if res.verify is not None and not dry_run:
         _remember_verify(ctx, vmid, res.verify)  # what `status` shows as "backend verified"
     return res
+
+
+def auto_decision(ctx: Context, vmid: int) -> AutoDecision:
+    """``backend: auto`` for one VM, from its config (as it runs) and the cluster's HA/replication."""
+    vm = locate(ctx.api, vmid)
+    conf = dict(ctx.api.get(f"nodes/{vm.node}/qemu/{vmid}/config", current=1) or {})
+    facts = ClusterFacts(ctx.cfg, ctx.api, [vm]).for_vm(vmid, vm.node, conf)
+    return decide(ctx.cfg, facts)
 
 
 @dataclass
@@ -118,9 +135,10 @@ def unprovision(ctx: Context, vmid: int, *, delete_disk: bool = False) -> Unprov
         res.problems.append("the VM is not running: its guest configuration was not undone (it is harmless "
                             "without the disk or the ivshmem device: nothing is loaded then)")
     rec = state.provision_record(cfg, vmid)
-    recorded = rec.get("backend") if rec.get("backend") in registry.names() else None
-    # what was set up is taken back: the configured backend, or the one provision recorded
-    chosen = registry.get(vm_cfg.backend if vm_cfg.backend != registry.DEFAULT else recorded or registry.DEFAULT)
+    # what was set up is taken back: a backend the config names, else the one provision recorded
+    choice = vm_backend(cfg, vmid)
+    recorded = rec.get("backend") if rec.get("backend") in registry.names() else None  # also once removed
+    chosen = registry.get(recorded if choice.source == "default" and recorded else choice.backend)
     chosen.pve_undo(ctx, vmid, res, delete_disk=delete_disk)
     detached = res.detach.volid if res.detach else None
     kept = [] if delete_disk else [v for v in [detached, *rec.get("old_volids", [])] if v]
@@ -145,15 +163,19 @@ class VmStatus:
     error: str | None = None
     store: str | None = None  # a backend's storage line (efi_pstore: the vars store's fill level)
     backend: str | None = None  # the VM's backend (the config's, else the one provision set up)
+    auto: Any = None  # backend: auto's AutoDecision for the VM (None: the config names its backend)
+    capture: list = field(default_factory=list)  # capture matrix cells (pvepstore.backends.capture.Cell)
 
     def to_json(self) -> dict:
-        return dict(self.__dict__)
+        return {**self.__dict__, "auto": as_json(self.auto), "capture": [c.to_json() for c in self.capture]}
 
 
 def status(ctx: Context) -> list[VmStatus]:
     cfg, api = ctx.cfg, ctx.api
     out = []
-    for vm in in_scope(cfg, list_vms(api)):
+    vms = in_scope(cfg, list_vms(api))
+    cluster = ClusterFacts(cfg, api, vms)
+    for vm in vms:
         doc = state.load(cfg, vm.vmid)
         verified = doc.get("verified") if isinstance(doc.get("verified"), dict) else {}
         row = VmStatus(vm.vmid, vm.name, vm.node, None, False, None, None, False,
@@ -161,8 +183,16 @@ def status(ctx: Context) -> list[VmStatus]:
         try:
             row.running = _running(ctx, vm.node, vm.vmid)
             # the backend collect and read use: the config's, else the one provision recorded
-            row.backend = vm_backend(cfg, vm.vmid).backend
+            choice = vm_backend(cfg, vm.vmid)
+            conf = dict(api.get(f"nodes/{vm.node}/qemu/{vm.vmid}/config", current=1) or {})
+            facts = cluster.for_vm(vm.vmid, vm.node, conf)
+            if is_auto(cfg, vm.vmid):
+                row.auto = decide(cfg, facts)
+                if choice.source == "default":  # nothing set up yet: what provision would set up
+                    choice = replace(choice, backend=row.auto.backend)
+            row.backend = choice.backend
             registry.get(row.backend).status_row(ctx, vm, row)
+            row.capture = capture_cells(cfg, facts, row.backend)
         except PvepstoreError as exc:
             row.error = exc.message
         out.append(row)

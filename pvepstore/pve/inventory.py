@@ -19,6 +19,7 @@ class VmRef:
     status: str = "unknown"  # from /cluster/resources: never proof of "powered off"
     tags: tuple[str, ...] = ()
     lock: str | None = None
+    hastate: str | None = None  # set when HA manages the VM (/cluster/resources' own field)
 
 
 def local_node(cfg: Config) -> str:
@@ -52,7 +53,7 @@ def list_vms(api: PveApi) -> list[VmRef]:
         if r.get("type") != "qemu" or r.get("template"):
             continue
         out.append(VmRef(int(r["vmid"]), r["node"], r.get("name"), r.get("status", "unknown"),
-                         split_tags(r.get("tags")), r.get("lock")))
+                         split_tags(r.get("tags")), r.get("lock"), r.get("hastate") or None))
     return sorted(out, key=lambda v: v.vmid)
 
 

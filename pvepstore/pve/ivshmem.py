@@ -80,10 +80,52 @@ def run_hook(cfg: Config, vmid: int, phase: str) -> list[str]:
     actions: list[str] = []
     try:
         _keep_records(cfg, vmid, phase, actions)
+        if phase == "post-start":
+            note_run(cfg, vmid, actions)
     except (OSError, PvepstoreError) as exc:
         # A failing pvepstore must never keep a VM from starting: say it, carry on.
         actions.append(f"failed: {exc}")
     return actions
+
+
+# -- the VM's QEMU runs (what a guest's boot list is for the other backends) ---------------------
+
+RUNS_KEPT = 16  # enough to see that runs went by between two sweeps; bounded
+
+
+def _runs_name(vmid: int) -> str:
+    return f"{int(vmid)}.runs"
+
+
+def qemu_runs(cfg: Config, vmid: int) -> list[str]:
+    """The VM's QEMU runs the hook saw start, oldest first (run ids of :func:`.locking.qemu_run`)."""
+    import json
+
+    try:
+        with _state_dir(cfg) as state_dir, state_dir.sub("ivshmem") as d:
+            if d.lstat(_runs_name(vmid)) is None:
+                return []
+            got = json.loads(d.read_bytes(_runs_name(vmid), limit=64 << 10, owned=True))
+    except (OSError, ValueError, PvepstoreError):
+        return []
+    return [r for r in got if isinstance(r, str) and re.fullmatch(r"[0-9a-f]{32}", r)] if isinstance(got, list) else []
+
+
+def note_run(cfg: Config, vmid: int, actions: list[str]) -> None:
+    """post-start: remember the new QEMU run, so the sweep can tell whether runs went by unseen."""
+    import json
+
+    from .locking import qemu_run
+
+    run = qemu_run(cfg.paths, vmid)
+    if run is None:
+        return
+    runs = qemu_runs(cfg, vmid)
+    if run[0] in runs:
+        return
+    with _state_dir(cfg) as state_dir, state_dir.sub("ivshmem") as d:
+        d.replace_file(_runs_name(vmid), json.dumps((runs + [run[0]])[-RUNS_KEPT:]).encode(), 0o600)
+    actions.append(f"noted QEMU run {run[0][:8]}")
 
 
 # Links and copies in /dev/shm (world-writable, sticky) and the state directory never

@@ -13,6 +13,7 @@ gives up acquiring after 10 s.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import time
 from contextlib import contextmanager
@@ -63,6 +64,34 @@ def qemu_pid(paths: HostPaths, vmid: int) -> int | None:
     if any(a == b"-pidfile" and b == want for a, b in zip(argv, argv[1:])):
         return pid
     return None
+
+
+def qemu_run(paths: HostPaths, vmid: int) -> tuple[str, float] | None:
+    """The VM's running QEMU process as (run id, start on the host's clock), or None.
+
+    The id is new for every QEMU process (its pid and its start in clock ticks since the node
+    booted, from /proc/<pid>/stat), so a stop, kill or crash followed by a start is a new run
+    even where nobody can ask the guest for its boot id (ivshmem: records read on the host).
+    """
+    pid = qemu_pid(paths, vmid)
+    if pid is None:
+        return None
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                     if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    # 32 hex digits, the form of a boot id: the boot-list logic (analysis.bootend) takes runs as boots
+    run = hashlib.sha256(f"{btime}:{pid}:{ticks}".encode()).hexdigest()[:32]
+    # The start on the wall clock: QEMU writes its pidfile as it starts, before the guest runs (the
+    # latest moment the previous run can have ended).  btime + ticks is whole-second btime and can be
+    # a second early, which would put the task that ended the previous run after this one's start.
+    try:
+        started = paths.vm_pidfile(vmid).stat().st_mtime
+    except OSError:
+        started = btime + ticks / os.sysconf("SC_CLK_TCK") + 1.0
+    return run, started
 
 
 def owner_node(paths: HostPaths, vmid: int) -> str | None:

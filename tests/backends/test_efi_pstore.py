@@ -240,9 +240,11 @@ def test_provision_a_running_uefi_guest(fakepve, tmp_path, monkeypatch):
     r = run_cli("--config", conf, "provision", "100", "--backend", "efi_pstore", "--dry-run")
     assert r.status == ExitStatus.SUCCESS, (r.stdout, r.stderr)
     assert "efidisk0" in r.stdout and not state.provision_record(fakepve.load_config(), 100)
-    r = run_cli("--config", conf, "provision", "100", "--backend", "efi_pstore", "--json")
+    r = run_cli("--config", conf, "provision", "100", "--json")  # no backend named: auto picks efi_pstore
     assert r.status == ExitStatus.SUCCESS, (r.stdout, r.stderr)
     assert r.json["verify"]["ok"] and r.json["efidisk"]["volid"] == vol.volid, r.json
+    assert (r.json["backend"], r.json["auto"]["backend"]) == ("efi_pstore", "efi_pstore"), r.json["auto"]
+    assert state.load(fakepve.load_config(), 100)["auto"]["backend"] == "efi_pstore"
     assert [c.name for c in transport.calls] == ["probe", "probe", "apply", "probe"]
     assert not fakepve.writes()
 

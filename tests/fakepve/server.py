@@ -411,6 +411,8 @@ def _resources(pve: FakePve, p: dict, user: str):
             for k in ("tags", "lock"):
                 if k in vm.config:
                     entry[k] = vm.config[k]
+            if _cluster_config.ha_state(pve, vm.vmid):  # PVE sets hastate for HA resources only
+                entry["hastate"] = _cluster_config.ha_state(pve, vm.vmid)
             out.append(entry)
     if p.get("type") in (None, "node"):
         out += [{"id": f"node/{n}", "node": n, "type": "node", "status": "online"} for n in pve.nodes]

@@ -63,7 +63,7 @@ def test_without_sys_syslog_the_verdict_goes_on(running_vm):  # noqa: F811
 
 
 def test_the_journal_is_read_only_hours_back_from_the_restart(running_vm):  # noqa: F811
-    from pvepstore.pipeline.handles import HOST_LOG_LOOKBACK
+    from pvepstore.pipeline.hostevidence import HOST_LOG_LOOKBACK
 
     fake, guest, config, api = running_vm
     now = time.time()
@@ -77,3 +77,24 @@ def test_the_journal_is_read_only_hours_back_from_the_restart(running_vm):  # no
     assert vm["verdict"] != "host_oom_kill", vm
     (req,) = [r for r in fake.requests if r.path.endswith("/journal")]
     assert int(req.params["since"]) >= int(now - 280 - HOST_LOG_LOOKBACK) - 1, req.params
+
+
+def test_a_hung_guest_stopped_by_the_host_is_a_hang(running_vm):  # noqa: F811
+    """The guest's journal kept the soft lockup (pr_emerg: journald syncs it at once); the admin then
+    hard-stopped and started the VM: the root cause is the hang, the stop is how it ended."""
+    from tests.analysis.corpus import CORPUS
+    from tests.analysis.test_guestlog import DMESG_STAMP, short_unix
+
+    fake, guest, config, api = running_vm
+    now = time.time()
+    lockup = (CORPUS / "clearlinux" / "oops_test_files" / "soft_lockup.txt").read_text()
+    guest.boot(BOOT_A, uptime=400)
+    assert _sweep(config)["status"] == "nothing"
+    _api_task(fake, api, "stop", now - 300)
+    _api_task(fake, api, "start", now - 295)
+    guest.boot(BOOT_B, uptime=280, tail="\n".join(short_unix([DMESG_STAMP.sub("", ln)
+                                                             for ln in lockup.splitlines() if ln.strip()])))
+    vm = _sweep(config)
+    assert vm["verdict"] == "hang", vm
+    sources = {e["source"]: e for e in _evidence(fake, vm)}
+    assert sources["guest_journal"]["suggests"] == "hang" and sources["pve_task"]["suggests"] == "host_stop"

@@ -150,3 +150,64 @@ def test_a_missing_operator_hookscript_is_refused_not_dropped(fakepve):
     assert "will not drop it" in exc.value.hint
     with pytest.raises(PveError):
         ivshmem.snippet_path(cfg.paths, "local:snippets/../../etc/passwd")
+
+
+def test_boot_ends_without_a_dump_are_seen_as_for_every_backend(ivshmem_vm):
+    """An API stop + start, and a QEMU the node's OOM killer killed: no record (ramoops cannot write
+    on SIGKILL), but a new QEMU run -> host_stop and host_oom_kill, each once, not "nothing"."""
+    import json
+    import time
+
+    from tests.fakepve.hostlog import add_journal, real_oom_messages
+
+    fake, cfg, config, hook, _ = ivshmem_vm
+    qemu = FakeQemu(cfg.paths.ivshmem_file(ivshmem.shm_name(101)))
+    qemu.guest_writes(guest_memory())  # ramoops probed: empty zones
+    fake.start_qemu(101)
+    pve_hook(hook, "post-start")  # Proxmox runs the hookscript after every start
+
+    def collect():
+        r = run_cli("--config", str(config), "collect", "101", "--json")
+        assert r.status == 0, r.stderr
+        return r.json
+
+    def evidence(doc):
+        return json.loads((fake.state_dir / "archive" / "101" / doc["incident"] / "evidence.json").read_text())
+
+    assert collect()["status"] == "nothing"  # the QEMU run is now known
+    time.sleep(1.2)  # PVE's task start times are whole seconds
+    fake.handle("POST", "/nodes/pve1/qemu/101/status/stop", {}, "root@pam")
+    fake.handle("POST", "/nodes/pve1/qemu/101/status/start", {}, "root@pam")
+    pve_hook(hook, "post-start")
+    doc = collect()
+    assert (doc["status"], doc["verdict"]) == ("collected", "host_stop"), doc
+    assert any(e["source"] == "qemu_run" for e in evidence(doc))
+    # no record from a backend that writes panic dumps says so (not pstore_blk's "cannot store panics")
+    assert any("keeps panic dumps and none was written" in e["summary"] for e in evidence(doc)), evidence(doc)
+    assert collect()["status"] == "nothing"  # once
+    time.sleep(1.2)
+    for m in real_oom_messages():  # the real kernel's kill of a kvm process in qemu.slice/101.scope
+        add_journal(fake, time.time(), m)
+    fake.stop_qemu(101)  # SIGKILL, no task: what the OOM killer does
+    time.sleep(0.1)
+    fake.start_qemu(101)  # HA or the operator started it again
+    pve_hook(hook, "post-start")
+    doc = collect()
+    assert (doc["status"], doc["verdict"]) == ("collected", "host_oom_kill"), doc
+    qemu.exit()
+
+
+def test_a_dump_read_while_the_vm_is_off_explains_its_end_once(ivshmem_vm):
+    """The panic is collected from the stopped VM's memory; the next start is not a second incident."""
+    fake, cfg, config, hook, _ = ivshmem_vm
+    qemu = FakeQemu(cfg.paths.ivshmem_file(ivshmem.shm_name(101)))
+    qemu.guest_writes(guest_memory())
+    fake.start_qemu(101)
+    assert run_cli("--config", str(config), "collect", "101", "--json").json["status"] == "nothing"
+    qemu.guest_writes(guest_memory((0, PANIC_LONG, True)))
+    fake.stop_qemu(101)
+    doc = run_cli("--config", str(config), "collect", "101", "--json").json
+    assert (doc["status"], doc["verdict"]) == ("collected", "kernel_panic"), doc
+    fake.start_qemu(101)
+    assert run_cli("--config", str(config), "collect", "101", "--json").json["status"] == "nothing"
+    qemu.exit()

@@ -13,7 +13,7 @@ then, after a ``qm disk move``, a raw volume on the LVM-thin storage ``local-lvm
 
 Steps (one image, three QEMU processes):
 
-1. provision ``--backend efi_pstore`` (``efi_pstore.always_kmsg_dump: true``): nothing changes in the
+1. provision with no backend named (``backend: auto`` picks efi_pstore; ``efi_pstore.always_kmsg_dump: true``): nothing changes in the
    VM's config; the guest registers efi_pstore at once (``load-efi``), verified;
 2. a panic (``sysrq-c``; Debian's ``kernel.panic=0``: the guest hangs): the host reads the
    RUNNING VM's efidisk0 (qcow2 snapshot) -> the Panic record; then a hard stop
@@ -134,7 +134,7 @@ def test_efi_pstore_through_the_fake_api(efi_guest, fakepve, capsys, monkeypatch
     monkeypatch.setattr(efidisk, "SubprocessRunner", lambda: runner)  # lvs/lvchange answered by the fake
     timings: dict[str, float] = {}
     t_all = time.monotonic()
-    vms = {VMID: {"backend": "efi_pstore", "ssh": vm.ssh_config()}}
+    vms = {VMID: {"ssh": vm.ssh_config()}}  # no backend named: auto picks efi_pstore (OVMF + efidisk0)
     efi = {"always_kmsg_dump": True}
     config = fake.config_file(vms=vms, efi_pstore=efi)
     cfg = fake.load_config(vms=vms, efi_pstore=efi)
@@ -149,6 +149,7 @@ def test_efi_pstore_through_the_fake_api(efi_guest, fakepve, capsys, monkeypatch
     doc = _ok(cli("provision", str(VMID), "--json")).json
     timings["provision"] = time.monotonic() - t0
     assert doc["backend"] == "efi_pstore" and doc["ok"] and doc["verify"]["ok"], (doc["verify"], doc["problems"])
+    assert doc["auto"]["backend"] == "efi_pstore" and "migrates" in doc["auto"]["why"][0], doc["auto"]
     assert doc["efidisk"]["volid"] == qcow.volid and doc["efidisk"]["format"] == "qcow2", doc["efidisk"]
     caps = doc["probe"]["capabilities"]
     assert caps["panic"]["status"] == "yes" and caps["oops"]["status"] == "yes", caps

@@ -1,0 +1,84 @@
+"""``backend: auto`` and the capture matrix, fed with what the cluster says about each VM.
+
+:class:`ClusterFacts` reads the cluster-wide facts once per run (HA resources, replication
+jobs, whether each node's journal is readable); :func:`vm_facts` adds one VM's config.
+The decision itself (:func:`pvepstore.backends.auto.choose`) and the matrix
+(:func:`pvepstore.backends.capture.matrix`) are pure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..backends import registry
+from ..backends.auto import AutoDecision, choose
+from ..backends.capture import Cell, IvshmemPolicy, VmFacts, matrix
+from ..config import Config
+from ..errors import PveError
+from ..pve.api import PveApi
+from ..pve.cluster import ha_vmids, replicated_vmids
+from ..pve.inventory import VmRef
+from .handles import recorded_backend, vm_backend
+from .preflight import effective_privileges
+
+
+@dataclass
+class ClusterFacts:
+    """The facts shared by every VM of one run, read on first use."""
+
+    cfg: Config
+    api: PveApi
+    vms: list[VmRef] = field(default_factory=list)
+    _ha: set[int] | None = None
+    _replicated: set[int] | None = None
+    _journal: dict[str, bool | None] = field(default_factory=dict)
+    _read: set[str] = field(default_factory=set)
+
+    def ha(self) -> set[int] | None:
+        if "ha" not in self._read:
+            self._read.add("ha")
+            self._ha = ha_vmids(self.api, self.vms)
+        return self._ha
+
+    def replicated(self) -> set[int] | None:
+        if "replication" not in self._read:
+            self._read.add("replication")
+            self._replicated = replicated_vmids(self.api)
+        return self._replicated
+
+    def journal_readable(self, node: str) -> bool | None:
+        if node not in self._journal:
+            if self.api.backend == "local":
+                self._journal[node] = True  # pvesh runs as root@pam
+            else:
+                try:
+                    self._journal[node] = "Sys.Syslog" in effective_privileges(self.api, f"/nodes/{node}")
+                except PveError:
+                    self._journal[node] = None
+        return self._journal[node]
+
+    def for_vm(self, vmid: int, node: str, conf: dict) -> VmFacts:
+        ha, rep = self.ha(), self.replicated()
+        return VmFacts(vmid=vmid, node=node, conf={str(k): str(v) for k, v in conf.items()},
+                       ha_managed=None if ha is None else vmid in ha,
+                       replicated=None if rep is None else vmid in rep,
+                       root_options=self.cfg.api.backend == "local",
+                       ivshmem_policy=IvshmemPolicy(self.cfg.auto.ivshmem),
+                       host_log=self.journal_readable(node),
+                       always_kmsg_dump=self.cfg.efi_pstore.always_kmsg_dump)
+
+
+def is_auto(cfg: Config, vmid: int) -> bool:
+    return cfg.for_vm(vmid).backend == registry.AUTO
+
+
+def decide(cfg: Config, facts: VmFacts) -> AutoDecision:
+    """auto's choice for the VM; a VM provisioned before keeps its backend (the decision says what
+    auto would pick now)."""
+    return choose(facts, registry.all_backends(), recorded=recorded_backend(cfg, facts.vmid))
+
+
+def capture_cells(cfg: Config, facts: VmFacts, backend: str | None = None) -> list[Cell]:
+    """The capture matrix of the VM's backend (``backend``, else the one collect would use)."""
+    current = registry.get(backend or vm_backend(cfg, facts.vmid).backend)
+    return matrix(current, registry.all_backends(), facts)
