@@ -18,7 +18,14 @@ kernel's output in ``tests/fixtures/hostlog/``):
 * the kill itself (``__oom_kill_process``): ``Out of memory: Killed process 4321 (kvm) ...`` (global)
   or ``Memory cgroup out of memory: Killed process ...`` (a memory limit) -- matched to the VM by the
   pid of its summary line;
-* ``-- Reboot --`` inside the ended boot's window: the node rebooted, which ends every VM's boot.
+* ``-- Reboot --`` inside the ended boot's window: the node rebooted, which ends every VM's boot;
+* HA's recovery of the VM after its node was fenced, as pve-ha-manager's CRM logs it
+  (``PVE/HA/Manager.pm``, ``recover_service_from_fence``)::
+
+      pve-ha-crm[1234]: recover service 'vm:101' from fenced node 'pve2' to node 'pve1'
+
+  (or ``... to previous failed and fenced node 'pve2' again``).  The CRM master logs it, so it is
+  in this node's journal when this node was the master at the time.
 
 Bounded: at most ``MAX_LINES`` lines of at most ``MAX_LINE`` characters are looked at, each by
 anchored regexes without nested repetition or by splitting (linear).
@@ -41,6 +48,8 @@ _KILLED = re.compile(r"^(?P<scope>Out of memory|Memory cgroup out of memory): Ki
                      r"\((?P<comm>[^)]*)\)(?: total-vm:(?P<vm>\d+)kB, anon-rss:(?P<rss>\d+)kB)?")
 _VM_SCOPE = re.compile(r"^/qemu\.slice/(?P<vmid>\d+)\.scope(?:/|$)")
 REBOOT_MARK = "-- Reboot --"
+_RECOVER = re.compile(r"^recover service '(?:vm:)?(?P<vmid>\d+)' (?:from fenced node '(?P<fenced>[^']*)' to node "
+                      r"'(?P<to>[^']*)'|to previous failed and fenced node '(?P<again>[^']*)' again)$")
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,17 @@ def host_evidence(lines: Iterable[str], vmid: int) -> list[Evidence]:
     items: list[Evidence] = []
     victims: dict[int, dict] = {}  # pid -> the summary line of an OOM kill of this VM's QEMU
     for entry in parsed:
+        if isinstance(entry, HostLine) and entry.ident == "pve-ha-crm":
+            r = _RECOVER.match(entry.message)
+            if r and int(r["vmid"]) == vmid:
+                fenced = r["fenced"] or r["again"]
+                to = r["to"] or fenced
+                items.append(Evidence("ha_manager", VerdictKind.HA_RECOVERY, Confidence.HIGH,
+                                      f"HA fenced node {fenced} (it stopped answering the cluster) and recovered "
+                                      f"VM {vmid} on node {to}: the guest did not crash, its node failed",
+                                      details={"node_time": entry.stamp, "fenced": fenced, "to": to,
+                                               "line": entry.message}))
+            continue
         if entry == REBOOT_MARK or not isinstance(entry, HostLine) or entry.ident != "kernel":
             continue
         m = oom_summary(entry.message)

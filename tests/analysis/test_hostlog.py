@@ -68,3 +68,27 @@ def test_junk_is_ignored_and_lines_are_bounded():
     (entry,) = parse_lines([_line(JournalEntry(0, long))])
     assert len(entry.message) < MAX_LINE  # cut before parsing: the pid past the cut is not seen
     assert host_evidence([_line(JournalEntry(0, long))], 101) == []
+
+
+# pve-ha-manager's CRM (src/PVE/HA/Manager.pm, recover_service_from_fence): $haenv->log('info', $msg)
+RECOVER = "recover service 'vm:{vmid}' from fenced node 'pve2' to node 'pve1'"
+RECOVER_AGAIN = "recover service 'vm:{vmid}' to previous failed and fenced node 'pve2' again"
+
+
+def crm(messages, *, at=1_764_745_000) -> list[str]:
+    return ["s=x;i=1"] + [_line(JournalEntry(at, m, ident="pve-ha-crm", pid=1234)) for m in messages] + ["s=x;i=2"]
+
+
+def test_ha_recovery_after_a_fence():
+    (ev,) = host_evidence(crm([RECOVER.format(vmid=101)]), 101)
+    assert (ev.suggests, ev.confidence, ev.source) == (VerdictKind.HA_RECOVERY, Confidence.HIGH, "ha_manager")
+    assert (ev.details["fenced"], ev.details["to"]) == ("pve2", "pve1") and "its node failed" in ev.summary
+    (ev,) = host_evidence(crm([RECOVER_AGAIN.format(vmid=101)]), 101)
+    assert (ev.details["fenced"], ev.details["to"]) == ("pve2", "pve2")
+    assert host_evidence(crm([RECOVER.format(vmid=1011)]), 101) == []  # another service
+    # the same words from another program, or as a kernel line, are not HA's
+    assert host_evidence(journal([RECOVER.format(vmid=101)]), 101) == []
+    # the verdict: the node failed, the guest did not crash (beats the reset it looks like)
+    unexpected = Evidence("boot_history", VerdictKind.UNEXPECTED_RESET, Confidence.MEDIUM, "no orderly shutdown")
+    v = decide([unexpected, *host_evidence(crm([RECOVER.format(vmid=101)]), 101)])
+    assert (v.kind, v.severity) == (VerdictKind.HA_RECOVERY, "error")

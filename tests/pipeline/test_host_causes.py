@@ -98,3 +98,19 @@ def test_a_hung_guest_stopped_by_the_host_is_a_hang(running_vm):  # noqa: F811
     assert vm["verdict"] == "hang", vm
     sources = {e["source"]: e for e in _evidence(fake, vm)}
     assert sources["guest_journal"]["suggests"] == "hang" and sources["pve_task"]["suggests"] == "host_stop"
+
+
+def test_ha_recovered_the_vm_after_a_fence(running_vm):  # noqa: F811
+    """This node was HA's CRM master when it recovered the VM on its old, fenced and rebooted node."""
+    from tests.analysis.test_hostlog import RECOVER_AGAIN
+
+    fake, guest, config, api = running_vm
+    now = time.time()
+
+    def journal():
+        add_journal(fake, now - 299, RECOVER_AGAIN.format(vmid=101).replace("pve2", "pve1"),
+                    ident="pve-ha-crm", pid=1234)
+    vm = _ended_boot(fake, guest, config, api, now, journal)
+    assert vm["verdict"] == "ha_recovery", vm
+    (ha,) = [e for e in _evidence(fake, vm) if e["source"] == "ha_manager"]
+    assert ha["details"]["fenced"] == "pve1"
