@@ -202,7 +202,7 @@ def attribute_tasks(tasks: Iterable[Mapping], window: BootWindow) -> list[Eviden
     inside = [t for t in relevant if window.start < _start(t) <= window.end + END_SKEW]
     ending = [t for t in inside if str(t["type"]) in TASK_VERDICTS and _ok(t)]
     winner = ending[-1] if ending else None
-    items = [_task_item(winner)] if winner is not None else []
+    items = [_task_item(winner, _backup_around(inside, winner))] if winner is not None else []
     unused = [t for t in relevant if t is not winner]
     if unused:
         outside = [t for t in unused if t not in inside]
@@ -217,16 +217,33 @@ def attribute_tasks(tasks: Iterable[Mapping], window: BootWindow) -> list[Eviden
     return items
 
 
-def _task_item(task: Mapping) -> Evidence:
+def _backup_around(tasks: Iterable[Mapping], winner: Mapping | None) -> Mapping | None:
+    """The vzdump task a shutdown/stop ran inside: a stop-mode backup shuts the VM down with
+    ``qm shutdown <vmid> --skiplock --keepActive`` (PVE/VZDump/QemuServer.pm ``stop_vm``, a qmshutdown
+    task of its own) and starts it again when the backup is taken."""
+    if winner is None or str(winner.get("type")) not in ("qmshutdown", "qmstop"):
+        return None
+    at = _start(winner)
+    for t in tasks:
+        end = t.get("endtime")
+        if (str(t.get("type")) == "vzdump" and (_start(t) or at + 1) <= at
+                and (not isinstance(end, (int, float)) or end >= at)):
+            return t
+    return None
+
+
+def _task_item(task: Mapping, backup: Mapping | None = None) -> Evidence:
     verdict, what = TASK_VERDICTS[str(task["type"])]
     start = _start(task)
     assert start is not None
     when = datetime.fromtimestamp(start, tz=timezone.utc)
+    details = {"type": task.get("type"), "status": task.get("status"), "endtime": task.get("endtime")}
+    if backup is not None:
+        what += " by a stop-mode backup (vzdump shuts the VM down, then starts it again)"
+        details["backup"] = str(backup.get("upid", ""))
     return Evidence("pve_task", verdict, Confidence.HIGH,
                     f"{what} by {task.get('user', '?')} at {_stamp(start)}",
-                    time=when, record=str(task.get("upid", "")) or None,
-                    details={"type": task.get("type"), "status": task.get("status"),
-                             "endtime": task.get("endtime")})
+                    time=when, record=str(task.get("upid", "")) or None, details=details)
 
 
 def _note(tasks: list[Mapping], why: str) -> Evidence:

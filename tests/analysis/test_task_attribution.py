@@ -200,3 +200,19 @@ def test_the_window_is_unknown_without_a_boot_list_a_start_or_an_uptime():
     assert "lists no earlier boot" in ended_window(PREVIOUS, T0, CURRENT, T0 + 90, []).unknown
     assert "did not record" in ended_window(PREVIOUS, None, CURRENT, T0 + 90, JOURNAL_252).unknown
     assert ended_window(PREVIOUS, T0, CURRENT, None, JOURNAL_252).end is None
+
+
+def test_a_stop_mode_backup_names_itself():
+    """vzdump --mode stop runs `qm shutdown <vmid> --skiplock --keepActive` (a qmshutdown task inside
+    the vzdump task) and `qm start` after the backup: the ended boot was shut down for the backup."""
+    window = BootWindow(T0, T0 + 1000)
+    vzdump = {"upid": "UPID:pve1:1:1:1:vzdump:101:root@pam:", "type": "vzdump", "starttime": T0 + 900,
+              "endtime": T0 + 1100, "status": "OK", "user": "root@pam"}
+    shutdown = {"upid": "UPID:pve1:2:2:2:qmshutdown:101:root@pam:", "type": "qmshutdown",
+                "starttime": T0 + 901, "endtime": T0 + 950, "status": "OK", "user": "root@pam"}
+    items = attribute_tasks([vzdump, shutdown], window)
+    assert items[0].suggests is VerdictKind.ORDERLY_POWEROFF and "stop-mode backup" in items[0].summary
+    assert items[0].details["backup"] == vzdump["upid"]
+    # a backup that ended before the shutdown (snapshot mode, then an admin's shutdown): not named
+    early = {**vzdump, "endtime": T0 + 900.5}
+    assert "backup" not in attribute_tasks([early, shutdown], window)[0].summary
