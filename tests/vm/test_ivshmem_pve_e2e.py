@@ -26,7 +26,10 @@ Steps (one image, three boots, two QEMU processes):
 5. poweroff; the shm file unlinked as ``vm_stop_cleanup`` does; ``post-stop`` saves the durable
    copy; ``collect 101``: the poweroff's Shutdown dump, read from the preserved keep link ->
    ``orderly_poweroff``; once the host "reboots" (/dev/shm gone) the durable copy holds the same
-   record and it is not reported twice.
+   record and it is not reported twice;
+6. start (the hookscript notes the QEMU run); ``qm stop`` through the API (QEMU killed: no dump)
+   and start: ``collect`` says ``host_stop`` -- the new QEMU run is the boot end, the qmstop task
+   in the old run's lifetime explains it, as for a guest-read backend.
 
 Run alone: ``python3 -m pytest tests/vm/test_ivshmem_pve_e2e.py -q -s``.
 """
@@ -219,6 +222,29 @@ def test_provision_ivshmem_through_the_fake_api(pve_guest, fakepve, capsys):
     doc = _ok(cli("collect", str(VMID), "--json")).json
     assert doc["status"] == "nothing", doc  # recognised as archived: never reported twice
     assert len(_ok(cli("incidents", "list", "--vm", str(VMID), "--json")).json["incidents"]) == 2
+
+    # -- 6. stop and start through the API: no dump (QEMU is killed), but a new QEMU run -----------
+    keep.unlink(missing_ok=True)  # what step 5 left: the host "rebooted"; pre-start restores the copy
+    _hook(snippet, "pre-start")
+    vm.start()
+    _hook(snippet, "post-start")  # notes the run
+    timings["boot3"] = vm.wait_ssh()
+    assert _ok(cli("collect", str(VMID), "--json")).json["status"] == "nothing"  # this run is now known
+
+    def pve_stop(vmid):  # qm stop as qemu-server does it: kill QEMU, vm_stop_cleanup, post-stop
+        vm.kill()
+        shm.unlink(missing_ok=True)
+        _hook(snippet, "post-stop")
+    fake.stop_qemu = pve_stop
+    time.sleep(1.2)  # task start times are whole seconds
+    fake.handle("POST", f"/nodes/pve1/qemu/{VMID}/status/stop", {}, "root@pam")
+    _hook(snippet, "pre-start")
+    vm.start()
+    _hook(snippet, "post-start")
+    fake.new_task("pve1", "qmstart", str(VMID), "root@pam")
+    doc = _ok(cli("collect", str(VMID), "--json")).json
+    assert (doc["status"], doc["verdict"]) == ("collected", "host_stop"), doc
+    assert _ok(cli("collect", str(VMID), "--json")).json["status"] == "nothing"  # once
 
     timings["total"] = time.monotonic() - t_all
     with capsys.disabled():
