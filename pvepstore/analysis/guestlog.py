@@ -3,10 +3,11 @@
 The guest's boot history carries the tail of the previous boot's journal (``journalctl -b -1
 -n 100 -o short-unix``, :mod:`pvepstore.guest.records`).  A boot that ended with no dump and no
 orderly shutdown, whose last kernel messages are a soft lockup, a hung task, an RCU stall or the
-guest's own OOM killer, is explained by them: journald writes messages of priority CRIT and above
-to disk at once, and ``watchdog: BUG: soft lockup`` is ``pr_emerg`` (kernel/watchdog.c), so the
-report of a lockup outlives the reset that ends it.  The crash finder of :mod:`.crash` reads
-them, as it reads a pstore record.
+guest's own OOM killer, is explained by them.  They outlive the reset only once they are on the
+guest's disk: journald syncs at once after a message of priority CRIT or above (``watchdog: BUG:
+soft lockup`` is ``pr_emerg``), else within SyncIntervalSec (5 min) -- an RCU stall report is
+``pr_err`` (measured on Debian's 6.1: a lockup shows as an RCU stall at 21 s).  The crash finder
+of :mod:`.crash` reads them, as it reads a pstore record.
 """
 
 from __future__ import annotations

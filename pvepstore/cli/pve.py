@@ -33,7 +33,8 @@ def provision_command(
     dry_run: bool = typer.Option(False, "--dry-run", help="Show every API call and guest change; change nothing."),
     reboot: bool = typer.Option(False, "--reboot", help="Reboot the VM afterwards and verify."),
     backend: str = typer.Option(None, "--backend", metavar="|".join(registry.names()),
-                                help="The backend (default: vms.<id>.backend or backend in the config)."),
+                                help="The backend (default: vms.<id>.backend or backend in the config; "
+                                     "auto, the default there, picks the strongest the VM can have and says why)."),
     restart: bool = typer.Option(False, "--restart", help="ivshmem: restart the VM through the API (shutdown + "
                                  "start; a stopped VM is started) so the device appears, then verify."),
     hook_storage: str = typer.Option(None, "--hook-storage", metavar="STORAGE",

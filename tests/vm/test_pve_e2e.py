@@ -8,7 +8,7 @@ its virtio disk (serial ``pvepstore``) and ``-pidfile`` under host_root, so the 
 "running" follows the real QEMU.  pvepstore reaches the guest with the SSH settings of
 ``vms.101.ssh`` (forwarded port, pinned host key, no trust-on-first-use).
 
-One test, four boots (each costs 25-65 s under TCG), every step using what the
+One test, seven boots (each costs 25-65 s under TCG), every step using what the
 previous one left:
 
 1. provision while the VM is off: the disk is allocated and attached at once;
@@ -21,7 +21,13 @@ previous one left:
 6. boot; sweep: one ``kernel_oops`` incident delivered to the webhook, the records gone
    from the guest; a second sweep does nothing;
 7. poweroff: the kernel's own erase (step 6) left the volume byte-identical to
-   pvepstore's offline clear (step 5).
+   pvepstore's offline clear (step 5);
+8. boot (the sweep: ``orderly_poweroff``); a lockup (the test module spins 30 s with preemption
+   off; Debian's 6.1 reports it as an RCU stall at 21 s, softlockup_panic=0); the host kills the
+   hung QEMU; boot; the sweep: ``hang``, from the stall report the guest's journal kept (no
+   pstore record, no task);
+9. a real OOM-kill report for VM 101's scope in the node's journal, QEMU killed; boot; the sweep:
+   ``host_oom_kill``; poweroff.
 
 Run alone: ``pytest -m vm tests/vm/test_pve_e2e.py -s``.
 """
@@ -29,6 +35,7 @@ Run alone: ``pytest -m vm tests/vm/test_pve_e2e.py -s``.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 
 import pytest
@@ -208,6 +215,50 @@ def test_provision_sweep_and_offline_read_on_the_real_guest(pve_guest, fakepve, 
         # -- 7. the kernel's own erase == pvepstore's offline clear, byte for byte -------------
         timings["poweroff2"] = vm.poweroff()
         assert differing_ranges(by_pvepstore, vol.backing) == []
+
+        # -- 8. a soft lockup, then the host kills the hung guest: hang, from its own journal ----
+        vm.start()
+        timings["boot3"] = vm.wait_ssh()
+        assert _sweep(cli)["verdict"] == "orderly_poweroff"  # step 7's end, from the boot history
+        vm.run(f"insmod {OOPSMOD_GUEST}\n"
+               "nohup sh -c 'echo lockup > /proc/pvepstore_oops' >/dev/null 2>&1 &\n")
+        t0 = time.monotonic()
+        deadline = t0 + 240
+        # The CPU spins 30 s.  Measured on Debian's 6.1 (PREEMPT_RCU, RCU_CPU_STALL_TIMEOUT=21): the RCU
+        # stall report comes first (21 s) and touches the soft-lockup watchdog, so it is the lockup's
+        # report here ("rcu: INFO: rcu_preempt self-detected stall on CPU", pr_err); the module's
+        # pr_emerg "lockup over" after it makes journald sync it to disk at once.
+        while True:
+            time.sleep(5)
+            try:
+                log = vm.run("journalctl -k -b -o cat --no-pager | grep -cE "
+                             "'soft lockup|detected stall|pvepstore_oops: lockup over' || true\n", timeout=60)
+                if int(log.decode().strip() or 0) >= 2:
+                    break
+            except Exception:  # SSH does not answer while the CPU spins
+                pass
+            assert time.monotonic() < deadline, "no soft lockup report in the guest's journal"
+        timings["lockup"] = time.monotonic() - t0
+        time.sleep(5)  # journald syncs an EMERG message at once; no `journalctl --sync` from the test
+        vm.kill()  # the host resets the hung guest (as a watchdog device or an admin would)
+        vm.start()
+        timings["boot4"] = vm.wait_ssh()
+        res = _sweep(cli)
+        assert (res["status"], res["verdict"]) == ("collected", "hang"), res
+        ev = {e["source"]: e for e in rx.requests[-1][2]["data"]["evidence"]}
+        assert re.search(r"soft lockup|stall", ev["guest_journal"]["summary"]), ev["guest_journal"]
+
+        # -- 9. the node's OOM killer kills the VM's QEMU: host_oom_kill, not unexpected_reset ----
+        from tests.fakepve.hostlog import add_journal, real_oom_messages
+        time.sleep(1)
+        for m in real_oom_messages():  # a real kernel's kill of a "kvm" in qemu.slice/101.scope
+            add_journal(fake, time.time(), m)
+        vm.kill()
+        vm.start()
+        timings["boot5"] = vm.wait_ssh()
+        res = _sweep(cli)
+        assert (res["status"], res["verdict"]) == ("collected", "host_oom_kill"), res
+        timings["poweroff3"] = vm.poweroff()
     timings["total"] = time.monotonic() - t_all
     with capsys.disabled():
         print("\npve e2e timings (s): " + ", ".join(f"{k}={v:.0f}" for k, v in timings.items()))

@@ -9,12 +9,19 @@
  *              killed, the kernel keeps running, kmsg_dump(KMSG_DUMP_OOPS).
  *   "warn"  -> WARN_ON(1) (no kmsg_dump, just a splat in the log)
  *   "bug"   -> BUG() (same effect as "oops", via an invalid opcode)
+ *   "lockup" -> spin 30 s with preemption off, then go on (softlockup_panic=0,
+ *              Debian's default).  Debian 6.1 reports it as an RCU stall at 21 s
+ *              (RCU_CPU_STALL_TIMEOUT); the stall report touches the soft-lockup
+ *              watchdog, whose "watchdog: BUG: soft lockup" would otherwise come
+ *              after 2 * watchdog_thresh (20 s)
  */
 #include <linux/module.h>
 #include <linux/kernel.h>
 #include <linux/proc_fs.h>
 #include <linux/uaccess.h>
 #include <linux/string.h>
+#include <linux/jiffies.h>
+#include <linux/preempt.h>
 
 static int *volatile pvepstore_null_ptr;
 
@@ -36,6 +43,15 @@ static ssize_t pvepstore_oops_write(struct file *file, const char __user *ubuf,
 	} else if (!strcmp(buf, "warn")) {
 		pr_warn("pvepstore_oops: triggering WARN_ON\n");
 		WARN_ON(1);
+	} else if (!strcmp(buf, "lockup")) {
+		unsigned long end = jiffies + 30 * HZ;
+
+		pr_emerg("pvepstore_oops: spinning 30 s with preemption off\n");
+		preempt_disable();
+		while (time_before(jiffies, end))
+			cpu_relax();
+		preempt_enable();
+		pr_emerg("pvepstore_oops: lockup over\n");
 	} else if (!strcmp(buf, "bug")) {
 		pr_emerg("pvepstore_oops: triggering BUG\n");
 		BUG();
