@@ -26,6 +26,7 @@ from ..pve.address import resolve_address
 from ..pve.api import PveApi
 from ..pve.inventory import local_node, locate
 from .base import ProvisionResult, PveSummary
+from .registry import AUTO, BackendName
 
 if TYPE_CHECKING:
     from ..pipeline.provision import Context, UnprovisionResult
@@ -193,7 +194,7 @@ def provision_ivshmem(ctx: Context, vmid: int, *, dry_run: bool = False, restart
         raise PveError(f"VM {vmid} is on node {node}: its hookscript and /dev/shm file live there",
                        hint=f"run `pvepstore provision {vmid} --backend ivshmem` on {node}")
     res = IvshmemProvisionResult(vmid, node, dry_run, ivshmem=ivshmem.ivshmem_option(vmid))
-    if vm_cfg.backend not in ("ivshmem", "auto"):  # a config naming another backend wins over the record
+    if vm_cfg.backend not in (BackendName.IVSHMEM.value, AUTO):  # a config naming another backend wins over the record
         res.notes.append(f"the config names {vm_cfg.backend} for this VM, and collect and the sweep follow "
                          f"the config: set `vms.{vmid}.backend: ivshmem` (or auto)")
     path = f"nodes/{node}/qemu/{vmid}/config"

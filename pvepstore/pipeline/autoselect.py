@@ -18,7 +18,7 @@ from ..errors import PveError
 from ..pve.api import PveApi
 from ..pve.cluster import ha_vmids, replicated_vmids
 from ..pve.inventory import VmRef
-from .handles import recorded_backend, vm_backend
+from .handles import recorded_backend
 from .preflight import effective_privileges
 
 
@@ -78,7 +78,6 @@ def decide(cfg: Config, facts: VmFacts) -> AutoDecision:
     return choose(facts, registry.all_backends(), recorded=recorded_backend(cfg, facts.vmid))
 
 
-def capture_cells(cfg: Config, facts: VmFacts, backend: str | None = None) -> list[Cell]:
-    """The capture matrix of the VM's backend (``backend``, else the one collect would use)."""
-    current = registry.get(backend or vm_backend(cfg, facts.vmid).backend)
-    return matrix(current, registry.all_backends(), facts)
+def capture_cells(facts: VmFacts, backend: str) -> list[Cell]:
+    """The capture matrix of the VM set up with ``backend``."""
+    return matrix(registry.get(backend), registry.all_backends(), facts)

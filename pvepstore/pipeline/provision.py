@@ -192,7 +192,7 @@ def status(ctx: Context) -> list[VmStatus]:
                     choice = replace(choice, backend=row.auto.backend)
             row.backend = choice.backend
             registry.get(row.backend).status_row(ctx, vm, row)
-            row.capture = capture_cells(cfg, facts, row.backend)
+            row.capture = capture_cells(facts, row.backend)
         except PvepstoreError as exc:
             row.error = exc.message
         out.append(row)
