@@ -31,6 +31,7 @@ from ..errors import GuestError
 
 MAX_OUT = 8 << 20  # default cap of a command's stdout
 MAX_ERR = 16 << 10  # cap of stderr (only used in messages)
+KEEPALIVE_S = 5  # an SSH keepalive on idle connections: see SshTransport.connect
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,10 @@ class SshTransport:
             client.close()
             raise GuestError(f"{target.where}: cannot connect: {exc.strerror or exc}",
                              hint="is the guest running and its sshd reachable from this host?") from None
+        # A guest that resets mid-command never closes its end: with traffic on the idle connection
+        # its new kernel answers with a reset (directly, or through QEMU's user-mode network), so
+        # the command fails within seconds instead of at the command timeout.
+        client.get_transport().set_keepalive(KEEPALIVE_S)
         return cls(target=target, _client=client)
 
     def run(self, name: str, script: str, args: Sequence[str], *, timeout: float | None = None,
@@ -212,6 +217,11 @@ class SshTransport:
                 if (chan.exit_status_ready() and chan.eof_received and not chan.recv_ready()
                         and not chan.recv_stderr_ready()):
                     break
+                # paramiko closes the channels of a dead connection without an EOF (its status
+                # event fires, with no status): fail now, not at the deadline
+                if chan.closed and not chan.eof_received and not chan.recv_ready():
+                    raise GuestError(f"{self.target.where}: the connection closed during command {name}",
+                                     hint="the guest reset or rebooted, or its sshd stopped")
                 if not progressed:
                     time.sleep(0.005)
             status = -1 if truncated else chan.recv_exit_status()

@@ -210,3 +210,33 @@ def test_a_broken_ssh_banner_is_one_guest_error_and_no_traceback(tmp_path, garba
     assert any("Error reading SSH protocol banner" in m for m in lines), lines
     assert all(r.levelno == logging.DEBUG and "\n" not in r.getMessage() for r in seen)
     assert not any(m.split(": ", 1)[-1].startswith(("Traceback", " ")) for m in lines)
+
+
+@pytest.fixture
+def real_sshd(tmp_path):
+    from tests.sshd import RealSshd
+
+    sshd = RealSshd(tmp_path / "sshd").start()
+    yield sshd
+    sshd.stop()
+
+
+class TestRealSshd:
+    """The paramiko transport against a real OpenSSH sshd on loopback."""
+
+    def test_a_command_runs_and_its_output_and_status_come_back(self, real_sshd):
+        with connect(real_sshd.target()) as g:
+            res = g.transport.run("t", 'printf "%s|" "$@"; echo err >&2; exit 3\n', ["a b", "$(x)"])
+        assert (res.exit, res.stdout, res.stderr) == (3, b"a b|$(x)|", b"err\n")
+
+    def test_a_connection_that_dies_mid_command_fails_at_once_not_at_the_timeout(self, real_sshd):
+        # The session's sshd processes (the one running the script and its privileged monitor)
+        # die as when a guest resets: paramiko closes the channel without an EOF.
+        import time
+
+        script = "kill -9 $PPID $(ps -o ppid= -p $PPID); sleep 30\n"
+        with connect(real_sshd.target()) as g:
+            t0 = time.monotonic()
+            with pytest.raises(GuestError, match="connection closed during command killer") as exc:
+                g.transport.run("killer", script, [], timeout=25)
+        assert time.monotonic() - t0 < 10 and "reset" in exc.value.hint
