@@ -49,6 +49,7 @@ from datetime import datetime, timezone
 from typing import Iterable, Mapping
 
 from .evidence import Confidence, Evidence, VerdictKind
+from .hostlog import QemuIds
 
 # Proxmox task types that end a VM's boot, and what each says about how it ended.
 TASK_VERDICTS = {
@@ -79,6 +80,8 @@ class BootEnd:
     kernel: str | None = None
     detail: str = ""
     qemu_run: bool = False  # ended_boot is a QEMU process seen on the host (ivshmem), not a guest boot
+    watchdog_reset: str | None = None  # a guest watchdog device that says it reset the boot before this one
+    in_run: bool = False  # a guest boot that ended inside the same QEMU run, of a backend that keeps panics
     log_tail: tuple[str, ...] = ()  # the ended boot's last journal lines (short-unix), when persistent
 
 
@@ -92,6 +95,10 @@ class BootWindow:
     start: float | None
     end: float | None
     unknown: str = ""
+    # The QEMU process that ran the ended boot and the one running now, as sweeps saw them (None:
+    # not seen, e.g. the VM runs on another node): the node's log names QEMU by these ids.
+    qemu: QemuIds | None = None
+    qemu_after: QemuIds | None = None
 
     @property
     def known(self) -> bool:
@@ -157,12 +164,31 @@ def ended_boot_evidence(end: BootEnd) -> Evidence:
         return Evidence("qemu_run", VerdictKind.UNEXPECTED_RESET, Confidence.MEDIUM,
                         "the VM's QEMU process ended and the guest wrote no dump (ramoops keeps panics and "
                         "orderly shutdowns): it was stopped, killed or crashed on the host", record=end.ended_boot)
+    if end.in_run:
+        # ramoops on ivshmem keeps panics and orderly shutdowns; none was written and QEMU went on
+        return Evidence("boot_history", VerdictKind.UNEXPECTED_RESET, Confidence.MEDIUM,
+                        "the guest's boot ended inside the same QEMU process and wrote no dump (ramoops keeps "
+                        "panics and orderly shutdowns): it was reset from outside its kernel -- `qm reset`, a "
+                        f"watchdog device or a triple fault{_detail(end)}", record=end.ended_boot)
     confidence = Confidence.MEDIUM if end.orderly == "none" else Confidence.LOW
     why = ("its log ends without an orderly shutdown" if end.orderly == "none"
            else "no sign of an orderly shutdown (the guest keeps no persistent log of it)")
     return Evidence("boot_history", VerdictKind.UNEXPECTED_RESET, confidence,
                     f"the previous boot ended unexpectedly: {why}; this is the usual signature of a "
                     f"kernel panic, which pstore_blk cannot store{_detail(end)}", record=end.ended_boot)
+
+
+def watchdog_evidence(end: BootEnd) -> Evidence | None:
+    """The guest's watchdog device reset the boot before this one: nothing fed it, the guest hung
+    (a watchdog daemon or systemd's RuntimeWatchdogSec stopped being scheduled).  The device's own
+    word, read in the new boot: QEMU's i6300esb keeps its "previous reboot" flag across the reset
+    it performed, and the guest's driver reports it as bootstatus WDIOF_CARDRESET."""
+    if not end.watchdog_reset:
+        return None
+    return Evidence("guest_watchdog", VerdictKind.HANG, Confidence.HIGH,
+                    f"the VM's watchdog device ({end.watchdog_reset}) reset the boot before this one: nothing "
+                    "fed it, so the guest was hung (or stuck after a panic)", record=end.ended_boot,
+                    details={"device": end.watchdog_reset})
 
 
 def _detail(end: BootEnd) -> str:

@@ -37,6 +37,7 @@ class VerdictKind(str, Enum):
     HOST_OOM_KILL = "host_oom_kill"  # the node's OOM killer killed the VM's QEMU process
     NODE_REBOOT = "node_reboot"  # the node itself rebooted (or crashed) while the boot ran
     HA_RECOVERY = "ha_recovery"  # HA fenced the VM's node and started the VM on another one
+    QEMU_CRASH = "qemu_crash"  # the VM's QEMU process itself died on the host (segfault, abort)
     UNEXPECTED_RESET = "unexpected_reset"
     UNKNOWN = "unknown"
 

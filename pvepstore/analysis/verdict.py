@@ -17,6 +17,7 @@ SEVERITY = {
     VerdictKind.HOST_OOM_KILL: "error",  # the host's memory, not the guest: another team's page
     VerdictKind.NODE_REBOOT: "warning",
     VerdictKind.HA_RECOVERY: "error",  # a node failed: the cluster's page, not the guest's
+    VerdictKind.QEMU_CRASH: "error",  # a hypervisor bug: the host's page, not the guest's
     VerdictKind.KERNEL_WARNING: "warning",
     VerdictKind.UNKNOWN: "warning",  # nobody can tell yet: worth a look, not a page
     VerdictKind.HOST_STOP: "info",
@@ -26,7 +27,7 @@ SEVERITY = {
 
 # On equal confidence the more severe explanation wins: a panic explains a reset, not vice versa.
 PRECEDENCE = [VerdictKind.KERNEL_PANIC, VerdictKind.HANG, VerdictKind.OOM, VerdictKind.KERNEL_OOPS,
-              VerdictKind.HOST_OOM_KILL, VerdictKind.HA_RECOVERY, VerdictKind.NODE_REBOOT,
+              VerdictKind.HOST_OOM_KILL, VerdictKind.QEMU_CRASH, VerdictKind.HA_RECOVERY, VerdictKind.NODE_REBOOT,
               VerdictKind.UNEXPECTED_RESET,
               VerdictKind.HOST_RESET, VerdictKind.HOST_STOP,
               VerdictKind.ORDERLY_POWEROFF, VerdictKind.ORDERLY_REBOOT, VerdictKind.KERNEL_WARNING]

@@ -28,6 +28,7 @@ class Event(str, Enum):
     POWEROFF = "poweroff"
     HOST_STOP = "host_stop"
     HOST_OOM_KILL = "host_oom_kill"
+    QEMU_CRASH = "qemu_crash"
     HANG = "hang"
 
 
@@ -123,6 +124,13 @@ def matrix(current: "Backend", backends: Iterable["Backend"], facts: VmFacts) ->
         why = "the node's journal is not readable" if facts.host_log is False else "the node's journal was not checked"
         cells.append(Cell(Event.HOST_OOM_KILL, False, f"{why}: a killed QEMU looks like an unexpected reset",
                           (HOST_LOG_FIX.format(node=facts.node),)))
+    if facts.host_log:
+        cells.append(Cell(Event.QEMU_CRASH, True, "from the node's journal: the kernel's segfault/trap line of a "
+                          "QEMU thread, or QEMU's own assertion, matched by the ids of the VM's QEMU that the sweep "
+                          "on its node recorded while the boot ran"))
+    else:
+        cells.append(Cell(Event.QEMU_CRASH, False, "the node's journal is not read: a crashed QEMU looks like an "
+                          "unexpected reset", (HOST_LOG_FIX.format(node=facts.node),)))
     cells.append(hang_cell(current, kept, facts))
     return cells
 
@@ -134,10 +142,18 @@ def hang_cell(current: "Backend", kept: Mapping[Event, str], facts: VmFacts) -> 
                f"panics and {current.name} keeps it as a panic (pvepstore does not set them)")
     else:
         fix = "a panic-capable backend first (a hang can only be kept as a panic), then kernel.softlockup_panic=1"
+    if current.host_reads_running:
+        # read on the host: a reset inside the same QEMU process (a watchdog's, or `qm reset`) starts no
+        # new QEMU run; only the guest's own boot id, when it answers over SSH, shows it
+        how = (f"{current.name} is read on the host: a hung guest writes no dump, and a watchdog reset or "
+               "`qm reset` inside the same QEMU process is seen only while the guest answers SSH (its boot id, "
+               "journal and watchdog bootstatus); otherwise it leaves no trace")
+        return Cell(Event.HANG, False, how, (fix,))
     how = ("a hung guest writes no dump; a lockup/hung-task report is seen only when the guest's persistent "
            "journal kept it (read with the boot history through the guest)")
     if facts.watchdog:
-        how += f"; its watchdog ({facts.watchdog}) resets it, which reads as an unexpected reset"
+        how += (f"; its watchdog ({facts.watchdog}) says in the next boot that it reset the guest (bootstatus), "
+                "read with the boot history: hang")
     return Cell(Event.HANG, False, how, (fix,))
 
 

@@ -108,9 +108,12 @@ class Ivshmem(Backend):
                              "node's /dev/shm", hint="run the sweep on every node")
         if not choice.provisioned and not self.has_records(cfg, vmid):
             raise not_provisioned_error(vmid, choice, "no ivshmem device set up, no records file")
-        tasks, host_log = api_sources(api, node, vmid) if api is not None else (None, None)
+        tasks, host_log, vm_config = api_sources(api, node, vmid) if api is not None else (None, None, None)
+        history = None
+        if api is not None and where is not None and where.running:
+            history = lambda: guest_history(cfg, api, ref, connect_guest)  # noqa: E731
         return IvshmemVm(vmid, {"vmid": vmid, "node": node, "name": ref.name}, cfg, note=choice.mismatch,
-                         tasks=tasks, host_log=host_log)
+                         tasks=tasks, host_log=host_log, vm_config=vm_config, guest_history=history)
 
     def read_host(self, cfg: "Config", vmid: int, *, clear: bool = False, runner=None) -> Any:
         """The ramoops records in the VM's ivshmem memory (live file, keep link or durable copy)."""
@@ -130,3 +133,22 @@ class Ivshmem(Backend):
 
 
 BACKEND = Ivshmem()
+
+
+def guest_history(cfg: "Config", api, ref, connect_guest: Callable | None = None):
+    """The running guest's boot history, or None when it cannot be asked (no address, no SSH, not
+    answering): the records are read on the host either way; only a reset inside the same QEMU run
+    (no dump, no new run) goes unseen without it."""
+    from ..errors import ConfigError, PveError
+    from ..pipeline.handles import open_guest
+
+    try:
+        guest = open_guest(cfg, api, ref, connect_guest)
+    except (GuestError, PveError, ConfigError):
+        return None
+    try:
+        return guest.boot_history()
+    except GuestError:
+        return None
+    finally:
+        guest.close()

@@ -93,6 +93,9 @@ _ORDERLY = re.compile(r"Reached target (?:System Reboot|Reboot|System Power Off|
                       r"halting)|Journal stopped|reboot: (?:Restarting system|Power down)")
 
 
+WDIOF_CARDRESET = 0x0020  # include/uapi/linux/watchdog.h: "Card previously reset the CPU"
+
+
 @dataclass
 class BootHistory:
     boot_id: str = ""
@@ -105,13 +108,21 @@ class BootHistory:
     previous_orderly: bool | None = None  # None: no evidence either way
     previous_kernel: str | None = None
     wtmp: list[str] = field(default_factory=list)
+    # (device, bootstatus, identity) of each watchdog device (/sys/class/watchdog), e.g. i6300esb's
+    watchdogs: list[tuple[str, int, str]] = field(default_factory=list)
+
+    @property
+    def watchdog_reset(self) -> str | None:
+        """The identity of a watchdog device that says it reset the boot before this one
+        (bootstatus WDIOF_CARDRESET: QEMU's i6300esb keeps that flag across the reset it did)."""
+        return next((ident or dev for dev, status, ident in self.watchdogs if status & WDIOF_CARDRESET), None)
 
     def to_json(self) -> dict:
         return {"boot_id": self.boot_id, "uptime": self.uptime, "kernel": self.kernel, "now": self.now,
                 "journal_persistent": self.journal_persistent, "boots": self.boots,
                 "previous_boot": {"orderly_shutdown": self.previous_orderly,
                                   "kernel": self.previous_kernel, "journal_tail": self.previous_tail},
-                "wtmp": self.wtmp}
+                "wtmp": self.wtmp, "watchdogs": [list(w) for w in self.watchdogs]}
 
 
 def parse_history(reply: Reply) -> BootHistory:
@@ -132,6 +143,11 @@ def parse_history(reply: Reply) -> BootHistory:
     h.boots = lines("boots", 20)
     h.previous_tail = lines("prev_tail", 100)
     h.wtmp = lines("wtmp", 12)
+    for ln in reply.text("watchdogs", limit=1024).splitlines()[:8]:
+        dev, _, rest = ln.partition(" ")
+        status, _, ident = rest.partition(" ")
+        if dev.startswith("watchdog") and status.isdigit():
+            h.watchdogs.append((terminal_safe(dev[:16]), int(status[:10]), terminal_safe(ident.strip()[:64])))
     kline = reply.text("prev_kernel", limit=512).strip()
     if kline:
         parts = kline.split()

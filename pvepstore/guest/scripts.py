@@ -175,6 +175,11 @@ if command -v journalctl >/dev/null 2>&1; then
     e prev_kernel "$(journalctl -b -1 -k -o cat --no-pager -q 2>/dev/null | head -n 3 | grep -m1 '^Linux version' | head -c 512)"
 fi
 e wtmp "$(last -x -F -n 12 2>/dev/null | grep -E '^(reboot|shutdown|runlevel)' | head -c 4096)"
+# each watchdog device's bootstatus (WDIOF_CARDRESET 32: it reset the boot before this one) and identity
+e watchdogs "$(for d in /sys/class/watchdog/watchdog*; do
+    [ -r "$d/bootstatus" ] || continue
+    printf '%s %s %s\n' "${d##*/}" "$(head -c 16 "$d/bootstatus")" "$(head -c 64 "$d/identity" 2>/dev/null)"
+done 2>/dev/null | head -n 8 | head -c 1024)"
 e end
 """
 

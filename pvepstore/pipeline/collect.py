@@ -26,8 +26,10 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Callable, Protocol, Sequence
 
-from ..analysis.bootend import BootEnd, ended_boot_evidence, ended_window, planned_reboot_evidence
+from ..analysis.bootend import (BootEnd, ended_boot_evidence, ended_window, planned_reboot_evidence,
+                                watchdog_evidence)
 from ..analysis.guestlog import ended_log_evidence
+from ..analysis.hostlog import QemuIds
 from ..analysis.evidence import EvidenceItem
 from ..analysis.report import build_event
 from ..pstore.model import Record
@@ -37,6 +39,18 @@ from .outbox import Outbox
 
 
 ARCHIVED_MEMORY = 2048  # record hashes remembered as "archived, maybe not cleared yet"
+
+
+@dataclass(frozen=True)
+class InnerBoot:
+    """The guest's own boot inside a QEMU run, for a backend whose boot id is the run (ivshmem, read
+    on the host): asked of the guest when it answers, so a reset inside the same QEMU process that
+    leaves no dump (``qm reset``, a watchdog) is seen as an ended boot too."""
+
+    boot_id: str
+    started: float | None
+    boot_end: BootEnd
+    boots: tuple[str, ...] = ()
 
 
 @dataclass
@@ -54,6 +68,9 @@ class Gathered:
     boot_started: float | None = None
     boots: list[str] = field(default_factory=list)
     keeps_panics: bool = False  # the backend writes a panic's dump (no record then means no panic)
+    qemu: QemuIds | None = None  # the VM's running QEMU on this node (None: not running here, or unknown)
+    inner: InnerBoot | None = None  # the guest's boot inside the run (boot_id is a QEMU run), when it answered
+    kernel: str = ""  # the guest's running kernel (uname -r), when it answered: kept as state guest_kernel
 
 
 class VmHandle(Protocol):
@@ -141,12 +158,28 @@ class Collector:
             self.checkpoint("clear")
             handle.clear(leftovers)
         ended = None
+        inner = None  # set when the boot that ended is the guest's own inside an unchanged QEMU run
         if got.boot_id and st.get("boot_id") and got.boot_id != st["boot_id"]:
             ended = st["boot_id"]
+        elif (got.inner is not None and got.boot_id and got.boot_id == st.get("boot_id")
+              and st.get("inner_boot_id") and got.inner.boot_id != st["inner_boot_id"]):
+            ended, inner = st["inner_boot_id"], got.inner
         seen = {}
         if got.boot_id:  # the current boot and when it started (the first sighting's start is kept)
-            started = st.get("boot_started") if got.boot_id == st.get("boot_id") else None
+            same = got.boot_id == st.get("boot_id")
+            started = st.get("boot_started") if same else None
             seen = {"boot_id": got.boot_id, "boot_started": started if started is not None else got.boot_started}
+            # the QEMU running this boot, for the node's log once the boot ends (kept if unseen this time)
+            seen["qemu"] = got.qemu.to_json() if got.qemu else (st.get("qemu") if same else None)
+            if got.kernel:  # what a host read of the stopped VM names its records after (efi_pstore)
+                seen["guest_kernel"] = got.kernel
+            if got.inner is not None:
+                same_inner = same and got.inner.boot_id == st.get("inner_boot_id")
+                kept = st.get("inner_boot_started") if same_inner else None
+                seen.update(inner_boot_id=got.inner.boot_id,
+                            inner_boot_started=kept if kept is not None else got.inner.started)
+            elif not same:
+                seen.update(inner_boot_id=None, inner_boot_started=None)
         if not records and ended is None:
             if seen and seen != {k: st.get(k) for k in seen}:
                 self.state.update(vmid, **seen, last_seen=self.clock())
@@ -156,15 +189,21 @@ class Collector:
         # Without a boot id (ivshmem: read on the host) a Shutdown dump marks the ended boot.
         boot_ended = ended is not None or any(r.reason == "Shutdown" for r in records)
         if ended is not None:
-            end = replace(got.boot_end, ended_boot=ended) if got.boot_end else BootEnd(ended_boot=ended)
+            boot_end = inner.boot_end if inner is not None else got.boot_end
+            end = replace(boot_end, ended_boot=ended) if boot_end else BootEnd(ended_boot=ended)
             evidence.append(ended_boot_evidence(end))
+            evidence.extend(e for e in [watchdog_evidence(end)] if e is not None)
             evidence.extend(ended_log_evidence(end.log_tail, orderly=end.orderly in ("reboot", "poweroff")))
             more = getattr(handle, "boot_end_evidence", None)
             if more is not None:
                 # Only tasks inside the ended boot's lifetime may explain its end (issue 11 #17).
-                started = st.get("boot_started")
-                window = ended_window(ended, started if isinstance(started, (int, float)) else None,
-                                      got.boot_id, got.boot_started, got.boots)
+                started = st.get("inner_boot_started" if inner is not None else "boot_started")
+                started = started if isinstance(started, (int, float)) else None
+                if inner is not None:
+                    window = ended_window(ended, started, inner.boot_id, inner.started, inner.boots)
+                else:
+                    window = ended_window(ended, started, got.boot_id, got.boot_started, got.boots)
+                window = replace(window, qemu=QemuIds.from_json(st.get("qemu")), qemu_after=got.qemu)
                 evidence.extend(more(window))
         if boot_ended:
             evidence.extend(planned_reboot_evidence(st.get("planned_reboot")))
@@ -190,7 +229,10 @@ class Collector:
         if not got.boot_id and any(r.reason in BOOT_ENDING for r in records):
             # read on the host while the VM is off (ivshmem): these dumps explain how its last QEMU run
             # ended, so the next run must not be compared with it (one incident, not a second "reset")
-            changes.update(boot_id=None, boot_started=None)
+            changes.update(boot_id=None, boot_started=None, qemu=None)
+        if got.inner is None and any(r.reason in BOOT_ENDING for r in records):
+            # the dumps explain the guest's last boot; its next one is a baseline, not a second incident
+            changes.update(inner_boot_id=None, inner_boot_started=None)
         self.state.update(vmid, **changes)
         if records:
             self.checkpoint("clear")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from ..analysis.bootend import BootEnd
@@ -27,10 +27,11 @@ from ..pstore.files import record_from_file
 from ..pstore.model import Record
 from ..backends import registry
 from ..backends.base import VmWhere
-from .collect import Gathered
+from .collect import BOOT_ENDING, Gathered, InnerBoot
 from .hostevidence import HostEvidence, api_sources
 
 if TYPE_CHECKING:
+    from ..analysis.hostlog import QemuIds
     from ..config import Config
 
 # systemd < 250 says "Reached target Power-Off.", later ones "poweroff.target - System Power Off.",
@@ -133,7 +134,7 @@ def boot_end_from_history(history) -> BootEnd:
         orderly = "none"
     detail = f"previous kernel {history.previous_kernel}" if history.previous_kernel else ""
     return BootEnd(ended_boot=None, orderly=orderly, kernel=history.previous_kernel, detail=detail,
-                   log_tail=tuple(history.previous_tail))
+                   log_tail=tuple(history.previous_tail), watchdog_reset=history.watchdog_reset)
 
 
 @dataclass
@@ -149,12 +150,15 @@ class GuestVm(HostEvidence):
     clock: Callable[[], float] = time.time  # the host's clock: Proxmox task times are on it
     # The node's journal lines between two times (``GET /nodes/{node}/journal``; None: not available).
     host_log: Callable[[float, float], list[str]] | None = None
+    vm_config: Callable[[], dict] | None = None  # the VM's config, asked only when a boot ended
+    qemu_ids: Callable[[], "QemuIds | None"] | None = None  # the VM's QEMU on this node, each look
 
     def gather(self) -> Gathered:
         found = self.guest.read_records(max_bytes=max(self.max_record_bytes * 4, 16 << 20),
                                         record_bytes=self.max_record_bytes)
         history = self.guest.boot_history()
         replied = self.clock()
+        qemu = self.qemu_ids() if self.qemu_ids is not None else None
         records: list[Record] = []
         for g in found:
             if g.truncated:
@@ -169,7 +173,7 @@ class GuestVm(HostEvidence):
         started = replied - history.uptime if history.uptime is not None and history.uptime >= 0 else None
         return Gathered(source="guest", records=records, boot_id=history.boot_id or None,
                         boot_end=boot_end_from_history(history), backend=self.backend,
-                        boot_started=started, boots=list(history.boots),
+                        boot_started=started, boots=list(history.boots), qemu=qemu, kernel=history.kernel,
                         keeps_panics=self.backend in registry.names() and registry.get(self.backend).keeps_panics)
 
     def close(self) -> None:
@@ -225,12 +229,14 @@ class OfflineVm:
 
 @dataclass
 class IvshmemVm(HostEvidence):
-    """ramoops on an ivshmem device, read from the host's shm file: no SSH, any VM state.
+    """ramoops on an ivshmem device, read from the host's shm file: no SSH needed, any VM state.
 
     The records themselves say how boots ended (Panic, Shutdown, Emergency dumps).  A QEMU
     process that ended without one (stopped, killed, crashed on the host) is seen as a new
     QEMU run (:func:`pvepstore.pve.locking.qemu_run`): the run plays the part of the guest's
     boot id, so the tasks and the node's journal explain its end as for every other backend.
+    A reset inside the same run without a dump (``qm reset``, a watchdog) is seen only when the
+    guest answers (``guest_history``): its own boot id then changed within the run.
     """
 
     vmid: int
@@ -239,20 +245,37 @@ class IvshmemVm(HostEvidence):
     note: str = ""
     tasks: Callable[[float | None], list[dict]] | None = None
     host_log: Callable[[float, float], list[str]] | None = None
+    vm_config: Callable[[], dict] | None = None
     clock: Callable[[], float] = time.time
+    # The guest's boot history when it answers (None: it does not, or nothing to ask it with)
+    guest_history: Callable[[], object | None] | None = None
     _image: object = field(default=None, repr=False)
 
     def gather(self) -> Gathered:
         from ..pve import ivshmem
         from ..pve.locking import qemu_run
+        from ..pve.qemuproc import qemu_ids
 
         run = qemu_run(self.cfg.paths, self.vmid)
+        qemu = qemu_ids(self.cfg.paths, self.vmid) if run else None
         self._image = ivshmem.read_image(self.cfg, self.vmid)
         result = ivshmem.parse_image(self.cfg, self.vmid, self._image)
+        inner = None
+        # A boot-ending dump explains the guest's last boot by itself: then the guest is not asked
+        # (a panicked guest would only make the sweep wait for SSH's timeout).
+        dumped = any(r.reason in BOOT_ENDING for r in result.records if not r.erased)
+        if run and self.guest_history is not None and not dumped:
+            history = self.guest_history()
+            if history is not None and history.boot_id:
+                end = replace(boot_end_from_history(history), in_run=True)
+                up = history.uptime
+                inner = InnerBoot(history.boot_id, self.clock() - up if up is not None and up >= 0 else None,
+                                  end, tuple(history.boots))
         return Gathered(source=f"ivshmem-{self._image.source}", records=list(result.records),
                         backend="ramoops", boot_id=run[0] if run else None,
                         boot_started=run[1] if run else None, boots=ivshmem.qemu_runs(self.cfg, self.vmid),
-                        boot_end=BootEnd(None, orderly="none", qemu_run=True), keeps_panics=True)
+                        boot_end=BootEnd(None, orderly="none", qemu_run=True), keeps_panics=True, qemu=qemu,
+                        inner=inner)
 
     def clear(self, records: Sequence[Record]) -> None:
         from ..pve import ivshmem
@@ -277,12 +300,16 @@ def open_guest(cfg: "Config", api, ref, connect_guest: Callable | None = None) -
 def guest_vm(cfg: "Config", api, ref, choice: BackendChoice, connect_guest: Callable | None = None) -> GuestVm:
     """A running guest, read through /sys/fs/pstore whatever set pstore up: never "not provisioned"
     (any backend whose kernel side is pstore reads a running VM this way)."""
+    from ..pve.qemuproc import qemu_ids
+
     vm = {"vmid": ref.vmid, "node": ref.node, "name": ref.name}
     guest = open_guest(cfg, api, ref, connect_guest)
     node, vmid = ref.node, ref.vmid
-    tasks, host_log = api_sources(api, node, vmid)
+    tasks, host_log, vm_config = api_sources(api, node, vmid)
+    # PVE's pidfile is node-local: on another node's VM there is none, and no ids are recorded
     return GuestVm(vmid, vm, guest, cfg.collect.max_record_bytes, tasks, backend=choice.backend,
-                   note=choice.mismatch, host_log=host_log)
+                   note=choice.mismatch, host_log=host_log, vm_config=vm_config,
+                   qemu_ids=lambda: qemu_ids(cfg.paths, vmid))
 
 
 def open_vm(cfg: "Config", api, ref, local: str, *, allow_offline: bool = True,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pvepstore.analysis.evidence import Confidence, Evidence, VerdictKind
 from pvepstore.analysis.hostlog import MAX_LINE, host_evidence, oom_summary, parse_lines
 from pvepstore.analysis.verdict import decide
@@ -92,3 +94,78 @@ def test_ha_recovery_after_a_fence():
     unexpected = Evidence("boot_history", VerdictKind.UNEXPECTED_RESET, Confidence.MEDIUM, "no orderly shutdown")
     v = decide([unexpected, *host_evidence(crm([RECOVER.format(vmid=101)]), 101)])
     assert (v.kind, v.severity) == (VerdictKind.HA_RECOVERY, "error")
+
+
+# -- the VM's QEMU itself dying: real fault lines (tests/fixtures/hostlog/qemu-faults-6.18.dmesg) ----------
+from pvepstore.analysis.hostlog import QemuIds, qemu_continuity, watchdog_action  # noqa: E402
+from tests.fakepve.hostlog import real_fault_lines, with_tid  # noqa: E402
+
+FAULTS = real_fault_lines()
+# the captures' own ids: main thread 11623; the vcpu run was process 11625 with its vCPU thread 11626
+MAIN, VCPU_RUN = QemuIds(11623), QemuIds(11625, (11626,))
+
+
+def qemu_said(messages, pid, *, at=1_764_745_000) -> list[str]:
+    return [_line(JournalEntry(at, m, ident="QEMU", pid=pid)) for m in messages]
+
+
+@pytest.mark.parametrize("fault,ids,what", [("main", MAIN, "segfault"), ("vcpu", VCPU_RUN, "segfault"),
+                                            ("gp", QemuIds(11627), "general protection fault"),
+                                            ("ud2", QemuIds(11629), "trap invalid opcode")])
+def test_a_real_fault_of_the_vms_qemu(fault, ids, what):
+    (ev,) = host_evidence(journal([FAULTS[fault]]), 101, ids)
+    assert (ev.suggests, ev.confidence, ev.source) == (VerdictKind.QEMU_CRASH, Confidence.HIGH, "host_kernel")
+    assert what in ev.summary and f"pid {ids.pid}" in ev.summary and " in kvm " in ev.summary
+    thread = "CPU 0/KVM" if fault == "vcpu" else "main thread"
+    assert thread in ev.summary and ev.details["tid"] == (11626 if fault == "vcpu" else ids.pid)
+
+
+def test_a_fault_is_matched_by_the_recorded_ids_never_by_the_name_kvm():
+    # every VM's QEMU is a "kvm": another VM's fault, or one pvepstore never saw the ids of, is not this VM's
+    assert host_evidence(journal([FAULTS["vcpu"]]), 101, QemuIds(11625)) == []  # thread not recorded
+    assert host_evidence(journal([FAULTS["main"]]), 101, QemuIds(4242, (4243,))) == []
+    assert host_evidence(journal([FAULTS["main"]]), 101, None) == []
+    (ev,) = host_evidence(journal([with_tid(FAULTS["vcpu"], 4243)]), 101, QemuIds(4242, (4243,)))
+    assert ev.suggests is VerdictKind.QEMU_CRASH
+
+
+def test_qemus_own_assertion_failure_in_the_journal():
+    ids = QemuIds(11631)
+    lines = ["s=x;i=1", *qemu_said(["kvm: warning: host doesn't support requested feature", FAULTS["assert"]], 11631)]
+    (ev,) = host_evidence(lines, 101, ids)
+    assert (ev.suggests, ev.source) == (VerdictKind.QEMU_CRASH, "qemu") and "assertion" in ev.summary
+    assert ev.details["qemu_log"][-1] == FAULTS["assert"] and len(ev.details["qemu_log"]) == 2
+    assert host_evidence(lines, 101, QemuIds(999)) == []  # another process's stderr
+
+
+def test_who_terminated_qemu():
+    # qemu_kill_report (system/runstate.c): "terminating on signal %d from pid %d (%s)"
+    admin = qemu_said(["kvm: terminating on signal 15 from pid 5150 (-bash)"], 4242)
+    (ev,) = host_evidence(admin, 101, QemuIds(4242))
+    assert (ev.suggests, ev.confidence) == (VerdictKind.HOST_STOP, Confidence.MEDIUM)
+    assert "pid 5150 (-bash)" in ev.summary and ev.details["signal"] == 15
+    after_shutdown = qemu_said(["kvm: terminating on signal 15 from pid 1796 (/usr/sbin/qmeventd)"], 4242)
+    (ev,) = host_evidence(after_shutdown, 101, QemuIds(4242))
+    assert ev.suggests is None and "qmeventd" in ev.summary  # qmeventd ends QEMU after the guest's own shutdown
+
+
+def test_a_crash_is_not_overwritten_by_later_words():
+    lines = qemu_said([FAULTS["assert"], "kvm: terminating on signal 15 from pid 5150 (-bash)"], 11631)
+    (ev,) = host_evidence(lines, 101, QemuIds(11631))
+    assert ev.suggests is VerdictKind.QEMU_CRASH
+
+
+def test_a_qemu_crash_outranks_an_unexplained_reset():
+    reset = Evidence("boot_history", VerdictKind.UNEXPECTED_RESET, Confidence.MEDIUM, "no orderly shutdown")
+    v = decide([reset, *host_evidence(journal([FAULTS["vcpu"]]), 101, VCPU_RUN)])
+    assert (v.kind, v.severity) == (VerdictKind.QEMU_CRASH, "error")
+
+
+def test_the_same_qemu_kept_running():
+    ids = QemuIds(4242, (4243,))
+    ev = qemu_continuity(101, ids, ids, "model=i6300esb,action=reset")
+    assert ev.suggests is None and "kept running" in ev.summary and "watchdog device (i6300esb" in ev.summary
+    assert "watchdog device" not in qemu_continuity(101, ids, ids, "i6300esb,action=pause").summary
+    assert qemu_continuity(101, ids, QemuIds(5000), None) is None  # a new QEMU: the old one ended on the host
+    assert qemu_continuity(101, None, ids, None) is None
+    assert watchdog_action("ib700") == ("ib700", "reset") and watchdog_action(None) is None

@@ -15,12 +15,32 @@ from pathlib import Path
 
 from .server import ROUTES, PveFailure, _permissions
 
-REAL_OOM = Path(__file__).resolve().parents[1] / "fixtures" / "hostlog" / "memcg-oom-kvm-6.18.dmesg"
+HOSTLOG = Path(__file__).resolve().parents[1] / "fixtures" / "hostlog"
+REAL_OOM = HOSTLOG / "memcg-oom-kvm-6.18.dmesg"
+
+
+def _dmesg_messages(path: Path) -> list[str]:
+    """A verbatim dmesg capture's messages, without dmesg's timestamps."""
+    return [re.sub(r"^\[\s*\d+\.\d+\] ", "", line) for line in path.read_text().splitlines()]
+
+
+def real_fault_lines() -> dict[str, str]:
+    """The real kernel's fault lines of tests/fixtures/hostlog/qemu-faults-6.18.dmesg by what faulted
+    (main, vcpu, gp, ud2), without dmesg's timestamps; ``assert`` is glibc's message on stderr."""
+    faults = [ln for ln in _dmesg_messages(HOSTLOG / "qemu-faults-6.18.dmesg") if not ln.startswith("Code: ")]
+    out = dict(zip(("main", "vcpu", "gp", "ud2"), faults))
+    out["assert"] = (HOSTLOG / "qemu-assert.stderr").read_text().strip()
+    return out
+
+
+def with_tid(line: str, tid: int) -> str:
+    """A fault line as the same fault in thread ``tid`` would print it."""
+    return re.sub(r"\[\d+\]", f"[{tid}]", line, count=1)
 
 
 def real_oom_messages() -> list[str]:
     """The real kernel's OOM-kill lines (tests/fixtures/hostlog/), without dmesg's timestamps."""
-    return [re.sub(r"^\[\s*\d+\.\d+\] ", "", line) for line in REAL_OOM.read_text().splitlines()]
+    return _dmesg_messages(REAL_OOM)
 
 
 @dataclass(frozen=True)

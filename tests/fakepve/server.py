@@ -48,6 +48,15 @@ NEW_DISK_RE = re.compile(r"^(([^/:\s]+):)?(\d+(\.\d+)?)$")
 FAST_PLUG = {"name", "description", "tags", "onboot", "protection", "hookscript", "lock",
              "startup", "ciuser", "cipassword", "ipconfig0", "sshkeys", "agent"}
 API_PREFIX = "/api2/json"
+# A real sleeping process standing in for QEMU: a main thread and one vCPU thread named as QEMU
+# names it under KVM (the kernel logs a fault by the faulting thread's comm and id).
+FAKE_QEMU = ("import threading, time\n"
+             "def vcpu():\n"
+             "    with open(f'/proc/self/task/{threading.get_native_id()}/comm', 'w') as f:\n"
+             "        f.write('CPU 0/KVM')\n"
+             "    time.sleep(3600)\n"
+             "threading.Thread(target=vcpu, daemon=True).start()\n"
+             "time.sleep(3600)\n")
 
 
 class PveFailure(Exception):
@@ -196,21 +205,37 @@ class FakePve:
         pidfile = self.paths.vm_pidfile(vmid)
         pidfile.parent.mkdir(parents=True, exist_ok=True)
         if vm.qemu is None or vm.qemu.poll() is not None:
-            vm.qemu = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)",
+            vm.qemu = subprocess.Popen([sys.executable, "-c", FAKE_QEMU,
                                         "-id", str(vmid), "-name", f"vm{vmid}", "-pidfile", str(pidfile)])
         deadline = time.monotonic() + 10
         while str(pidfile).encode() not in Path(f"/proc/{vm.qemu.pid}/cmdline").read_bytes():
             if time.monotonic() > deadline:  # the child has not exec'ed yet
                 raise RuntimeError("fake QEMU did not start")
             time.sleep(0.005)
+        while not self.vcpu_threads(vmid):
+            if time.monotonic() > deadline:
+                raise RuntimeError("fake QEMU started no vCPU thread")
+            time.sleep(0.005)
         pidfile.write_text(f"{vm.qemu.pid}\n")
         return vm.qemu.pid
 
-    def stop_qemu(self, vmid: int) -> None:
+    def vcpu_threads(self, vmid: int) -> list[int]:
+        """The thread ids of the fake QEMU's vCPU threads (named as QEMU names them)."""
+        out = []
+        for t in Path(f"/proc/{self.vms[vmid].qemu.pid}/task").iterdir():
+            try:
+                if (t / "comm").read_text().strip() == "CPU 0/KVM":
+                    out.append(int(t.name))
+            except OSError:
+                pass
+        return out
+
+    def stop_qemu(self, vmid: int, sig: int = signal.SIGKILL) -> None:
+        """QEMU ends (killed by ``sig``; a SIGSEGV stands for its crash) and its pidfile goes."""
         vm = self.vms[vmid]
         vm.running = False
         if vm.qemu is not None:
-            vm.qemu.send_signal(signal.SIGKILL)
+            vm.qemu.send_signal(sig)
             vm.qemu.wait()
             vm.qemu = None
         self.paths.vm_pidfile(vmid).unlink(missing_ok=True)
@@ -682,6 +707,14 @@ def _reboot(pve: FakePve, p: dict, user: str):
     return pve.new_task(vm.node, "qmreboot", str(vm.vmid), user)
 
 
+def _reset(pve: FakePve, p: dict, user: str):
+    """A hard reset: the guest restarts inside the same QEMU process (QMP system_reset)."""
+    vm = pve.vm_of(p)
+    if not vm.running:
+        raise PveFailure(500, f"VM {vm.vmid} not running")
+    return pve.new_task(vm.node, "qmreset", str(vm.vmid), user)
+
+
 def _start(pve: FakePve, p: dict, user: str):
     vm = pve.vm_of(p)
     _apply_pending(pve, vm, [])
@@ -806,6 +839,7 @@ ROUTES: dict[tuple[str, str], Callable] = {
     ("GET", "/nodes/{node}/qemu/{vmid}/pending"): _pending,
     ("GET", "/nodes/{node}/qemu/{vmid}/status/current"): _status_current,
     ("POST", "/nodes/{node}/qemu/{vmid}/status/reboot"): _reboot,
+    ("POST", "/nodes/{node}/qemu/{vmid}/status/reset"): _reset,
     ("POST", "/nodes/{node}/qemu/{vmid}/status/start"): _start,
     ("POST", "/nodes/{node}/qemu/{vmid}/status/stop"): _stop,
     ("POST", "/nodes/{node}/qemu/{vmid}/status/shutdown"): _shutdown,

@@ -115,3 +115,20 @@ def test_boot_history_crash_looks_unorderly():
         ("boot_id", "abc"), ("uptime", "1"), ("persistent", "yes"), ("boots", "-1 a\n0 b\n"),
         ("prev_tail", "1795661000.1 host kernel: Oops: 0002 [#1] PREEMPT SMP NOPTI\n"))))
     assert g.boot_history().previous_orderly is False
+
+
+def test_watchdog_bootstatus_in_the_boot_history():
+    from pvepstore.guest.records import parse_history
+    from pvepstore.guest.wire import parse
+
+    def hist(lines: str):
+        return parse_history(parse(reply(("boot_id", "b"), ("uptime", "1.0"), ("watchdogs", lines))))
+
+    h = hist("watchdog0 32 i6300ESB timer\nwatchdog1 0 iTCO_wdt\n")
+    assert h.watchdogs == [("watchdog0", 32, "i6300ESB timer"), ("watchdog1", 0, "iTCO_wdt")]
+    assert h.watchdog_reset == "i6300ESB timer" and h.to_json()["watchdogs"][0] == ["watchdog0", 32, "i6300ESB timer"]
+    assert hist("watchdog0 0 i6300ESB timer\n").watchdog_reset is None
+    # untrusted: junk is dropped, identities are made terminal-safe and bounded
+    h = hist("evil 32 x\nwatchdog0 x32 y\nwatchdog1 288 \x1b[31mred\u202e" + "A" * 500 + "\n")
+    assert [w[:2] for w in h.watchdogs] == [("watchdog1", 288)] and "\x1b" not in h.watchdog_reset
+    assert len(h.watchdog_reset) <= 64

@@ -141,6 +141,7 @@ def test_status_capture_matrix_and_hints(fakepve):
     assert any(h.startswith("efi_pstore: add an efidisk0") for h in cells["panic"]["improve"])
     assert any(h.startswith("ivshmem: allow ivshmem") and "live migration" in h for h in cells["panic"]["improve"])
     assert cells["host_stop"]["captured"] and cells["host_oom_kill"]["captured"] and not cells["hang"]["captured"]
+    assert cells["qemu_crash"]["captured"] and "ids of the VM's QEMU" in cells["qemu_crash"]["how"]
     # with an efidisk0 the unprovisioned VM would get efi_pstore: its matrix says so
     fakepve.set_config(100, efidisk0=EFIDISK.format(vmid=100))
     row = status_row(fakepve, 100)
@@ -153,7 +154,8 @@ def test_status_capture_matrix_and_hints(fakepve):
     # no Sys.Syslog: a host OOM kill cannot be told, and the hint says what to grant
     fakepve.privileges = {"/vms": {"VM.Audit"}, "/storage": {"Datastore.Audit"}}
     cells = {c["event"]: c for c in status_row(fakepve, 100)["capture"]}
-    assert not cells["host_oom_kill"]["captured"]
+    assert not cells["host_oom_kill"]["captured"] and not cells["qemu_crash"]["captured"]
+    assert cells["qemu_crash"]["improve"] == cells["host_oom_kill"]["improve"]
     assert cells["host_oom_kill"]["improve"] == ["grant the API token Sys.Syslog on /nodes/pve1 (pvepstore "
                                                  "reads the node's journal)"]
     r = run_cli("--config", str(fakepve.config_file()), "status")
@@ -178,3 +180,6 @@ def test_choose(conf, ha, rep, root, policy, want):
     # the matrix of the chosen backend keeps a panic exactly when the backend does
     cells = {c.event: c for c in matrix(registry.get(want), registry.all_backends(), facts)}
     assert cells[Event.PANIC].captured == (want != "pstore_blk")
+    # a hang: only through the guest (journal, watchdog bootstatus); a backend read on the host says it sees none
+    assert not cells[Event.HANG].captured
+    assert ("leaves no trace" in cells[Event.HANG].how) == registry.get(want).host_reads_running

@@ -3,6 +3,7 @@ killed is ``host_oom_kill``, not ``unexpected_reset``; a node reboot is ``node_r
 
 from __future__ import annotations
 
+import signal
 import time
 
 import pytest
@@ -114,3 +115,60 @@ def test_ha_recovered_the_vm_after_a_fence(running_vm):  # noqa: F811
     assert vm["verdict"] == "ha_recovery", vm
     (ha,) = [e for e in _evidence(fake, vm) if e["source"] == "ha_manager"]
     assert ha["details"]["fenced"] == "pve1"
+
+
+def test_the_vms_qemu_segfaulted_on_the_host(running_vm):  # noqa: F811
+    """The sweep records the VM's QEMU (pid + vCPU threads, from PVE's pidfile and /proc); its vCPU
+    thread then faults (the real kernel's line, with that thread's id) and QEMU dies; HA/the admin
+    starts the VM again: ``qemu_crash``, not ``unexpected_reset``."""
+    from pvepstore.config import load_config
+    from pvepstore.vmstate import VmStateStore
+    from tests.fakepve.hostlog import real_fault_lines, with_tid
+
+    fake, guest, config, api = running_vm
+    now = time.time()
+    pid, (vcpu,) = fake.vms[101].qemu.pid, fake.vcpu_threads(101)
+    guest.boot(BOOT_A, uptime=400)
+    assert _sweep(config)["status"] == "nothing"
+    state = VmStateStore.of(load_config(config)).load(101)
+    assert state["qemu"] == {"pid": pid, "threads": [vcpu]}, state
+    fake.stop_qemu(101, signal.SIGSEGV)  # the real process dies, outside any task
+    add_journal(fake, now - 300, with_tid(real_fault_lines()["vcpu"], vcpu))
+    add_journal(fake, now - 300, with_tid(real_fault_lines()["vcpu"], vcpu + 10_000))  # not its thread
+    _api_task(fake, api, "start", now - 290)
+    guest.boot(BOOT_B, uptime=280)
+    vm = _sweep(config)
+    assert (vm["status"], vm["verdict"]) == ("collected", "qemu_crash"), vm
+    (crash,) = [e for e in _evidence(fake, vm) if e["suggests"] == "qemu_crash"]
+    assert crash["details"]["tid"] == vcpu and crash["details"]["pid"] == pid
+    new = VmStateStore.of(load_config(config)).load(101)["qemu"]
+    assert new["pid"] == fake.vms[101].qemu.pid != pid  # the new QEMU is recorded for the next end
+
+
+def test_a_reset_inside_the_same_qemu_names_the_watchdog(running_vm):  # noqa: F811
+    """No task, no host line, and the QEMU process that ran boot A runs boot B: the reset came from
+    inside the VM; its watchdog device (action reset) is named as one way that happens."""
+    fake, guest, config, api = running_vm
+    fake.set_config(101, watchdog="model=i6300esb,action=reset")
+    guest.boot(BOOT_A, uptime=400)
+    assert _sweep(config)["status"] == "nothing"
+    guest.boot(BOOT_B, uptime=100)
+    vm = _sweep(config)
+    assert vm["verdict"] == "unexpected_reset", vm
+    (same,) = [e for e in _evidence(fake, vm) if e["source"] == "qemu"]
+    assert "kept running" in same["summary"] and "i6300esb" in same["summary"], same
+
+
+@pytest.mark.parametrize("bootstatus,verdict", [(32, "hang"), (0, "unexpected_reset")], ids=["fired", "idle"])
+def test_the_guests_watchdog_says_it_reset_the_boot(running_vm, bootstatus, verdict):  # noqa: F811
+    """QEMU's i6300esb keeps its "previous reboot" flag across the reset it did; the guest's driver
+    reports it as bootstatus WDIOF_CARDRESET (32) in the new boot: a hang, said by the device itself."""
+    fake, guest, config, api = running_vm
+    fake.set_config(101, watchdog="model=i6300esb,action=reset")
+    guest.boot(BOOT_A, uptime=400)
+    assert _sweep(config)["status"] == "nothing"
+    guest.boot(BOOT_B, uptime=100, watchdogs=f"watchdog0 {bootstatus} i6300ESB timer\n")
+    vm = _sweep(config)
+    assert vm["verdict"] == verdict, vm
+    wd = [e for e in _evidence(fake, vm) if e["source"] == "guest_watchdog"]
+    assert (wd[0]["details"]["device"] if wd else None) == ("i6300ESB timer" if bootstatus else None), wd

@@ -142,9 +142,10 @@ class RunningGuest:
         self.boot_id, self.uptime, self.history = "", 0.0, []  # history: boot ids, oldest first
         self.tail = ""
         self.records: dict[str, bytes] = {}
+        self.watchdogs = ""  # /sys/class/watchdog lines: "watchdog0 <bootstatus> <identity>"
 
-    def boot(self, boot_id: str, uptime: float, tail: str = "") -> None:
-        self.boot_id, self.uptime, self.tail = boot_id, uptime, tail
+    def boot(self, boot_id: str, uptime: float, tail: str = "", watchdogs: str = "") -> None:
+        self.boot_id, self.uptime, self.tail, self.watchdogs = boot_id, uptime, tail, watchdogs
         self.history.append(boot_id)
 
     def connect(self, target):
@@ -155,7 +156,7 @@ class RunningGuest:
                           for i, b in enumerate(self.history))
         history = reply(("boot_id", self.boot_id), ("uptime", f"{self.uptime:.2f}"), ("uname", "6.1.0-56-amd64"),
                         ("now", str(int(time.time()))), ("persistent", "yes"), ("boots", boots),
-                        ("prev_tail", self.tail))
+                        ("prev_tail", self.tail), ("watchdogs", self.watchdogs))
         guest = self
 
         class Transport(FakeTransport):
@@ -207,6 +208,9 @@ def test_stop_start_oops_then_clean_shutdown_never_blames_the_earlier_stop(runni
     now = time.time()
     guest.boot(BOOT_A, uptime=400)  # boot A started at now-400
     assert _sweep(config)["status"] == "nothing"  # pvepstore now knows boot A and when it started
+    from pvepstore.pve import state
+    # ... and its kernel, which a host read of efi_pstore's Shutdown dumps names its files after
+    assert state.load(fake.load_config(), 101)["guest_kernel"] == "6.1.0-56-amd64"
     _api_task(fake, api, "stop", now - 350)  # ends boot A
     _api_task(fake, api, "start", now - 345)
     guest.boot(BOOT_B, uptime=340)  # boot B from now-340

@@ -211,3 +211,70 @@ def test_a_dump_read_while_the_vm_is_off_explains_its_end_once(ivshmem_vm):
     fake.start_qemu(101)
     assert run_cli("--config", str(config), "collect", "101", "--json").json["status"] == "nothing"
     qemu.exit()
+
+
+@pytest.mark.parametrize("watchdog,verdict", [(False, "host_reset"), (True, "hang")], ids=["qm-reset", "watchdog"])
+def test_a_reset_inside_the_same_qemu_run_is_seen_when_the_guest_answers(ivshmem_vm, monkeypatch, watchdog, verdict):
+    """`qm reset` (or a watchdog) restarts the guest inside the same QEMU process and ramoops gets no
+    dump: no new run.  The guest's own boot id, asked over SSH when it answers, shows the ended boot."""
+    import time
+
+    from pvepstore.guest import SshTransport
+    from tests.pipeline.test_sweep_fakepve import BOOT_A, BOOT_B, RunningGuest
+
+    fake, cfg, config, hook, _ = ivshmem_vm
+    config = fake.config_file(vms={101: {"backend": "ivshmem", "ssh": {"host": "10.0.0.101"}}})
+    guest = RunningGuest()
+    monkeypatch.setattr(SshTransport, "connect", staticmethod(guest.connect))
+    qemu = FakeQemu(cfg.paths.ivshmem_file(ivshmem.shm_name(101)))
+    qemu.guest_writes(guest_memory())
+    fake.start_qemu(101)
+    pve_hook(hook, "post-start")
+
+    def collect():
+        r = run_cli("--config", str(config), "collect", "101", "--json")
+        assert r.status == 0, r.stderr
+        return r.json
+
+    guest.boot(BOOT_A, uptime=30)
+    assert collect()["status"] == "nothing"  # run and guest boot A known
+    time.sleep(1.2)
+    if watchdog:
+        guest.boot(BOOT_B, uptime=0.5, watchdogs="watchdog0 32 i6300ESB timer\n")
+    else:
+        fake.handle("POST", "/nodes/pve1/qemu/101/status/reset", {}, "root@pam")
+        guest.boot(BOOT_B, uptime=0.5)
+    time.sleep(1.0)  # the new boot's kernel starts after the reset task (its start is whole seconds)
+    doc = collect()
+    assert (doc["status"], doc["verdict"]) == ("collected", verdict), doc
+    assert collect()["status"] == "nothing"  # once
+    # unreachable guest: the records are still read on the host, no incident is made up
+    monkeypatch.setattr(SshTransport, "connect", staticmethod(lambda target: (_ for _ in ()).throw(
+        __import__("pvepstore.errors", fromlist=["GuestError"]).GuestError("no route to host"))))
+    assert collect()["status"] == "nothing"
+    qemu.exit()
+
+
+def test_a_guest_whose_dump_explains_its_boot_is_not_asked(ivshmem_vm, monkeypatch):
+    """A panic dump explains the boot by itself: a panicked guest is not asked over SSH (that would
+    only wait for the connection's timeout), and its next boot is a baseline, not a second incident."""
+    from pvepstore.guest import SshTransport
+    from tests.pipeline.test_sweep_fakepve import BOOT_A, BOOT_B, RunningGuest
+
+    fake, cfg, config, hook, _ = ivshmem_vm
+    config = fake.config_file(vms={101: {"backend": "ivshmem", "ssh": {"host": "10.0.0.101"}}})
+    guest, asked = RunningGuest(), []
+    monkeypatch.setattr(SshTransport, "connect", staticmethod(lambda t: asked.append(t) or guest.connect(t)))
+    qemu = FakeQemu(cfg.paths.ivshmem_file(ivshmem.shm_name(101)))
+    qemu.guest_writes(guest_memory())
+    fake.start_qemu(101)
+    pve_hook(hook, "post-start")
+    guest.boot(BOOT_A, uptime=30)
+    assert run_cli("--config", str(config), "collect", "101", "--json").json["status"] == "nothing"
+    assert len(asked) == 1
+    qemu.guest_writes(guest_memory((0, PANIC_LONG, True)))  # the guest panicked and hangs
+    doc = run_cli("--config", str(config), "collect", "101", "--json").json
+    assert (doc["status"], doc["verdict"]) == ("collected", "kernel_panic") and len(asked) == 1, doc
+    guest.boot(BOOT_B, uptime=5)  # reset by the admin (qm reset) after the panic
+    assert run_cli("--config", str(config), "collect", "101", "--json").json["status"] == "nothing"
+    qemu.exit()
