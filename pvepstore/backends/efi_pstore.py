@@ -20,6 +20,7 @@ from ..pipeline.collect import Gathered
 from ..pipeline.handles import GuestVm, guest_vm, not_provisioned_error
 from ..pipeline.provision_common import _reboot_and_wait, _running, _where
 from ..pipeline import preflight
+from ..pstore.efi import same_record
 from ..pve import efidisk, state
 from ..pve.address import resolve_address
 from ..pve.inventory import locate
@@ -62,6 +63,12 @@ class EfiProvisionResult(ProvisionResult):
                           done="rebooted" if self.rebooted else None)
 
 
+def guest_kernel(cfg: "Config", vmid: int) -> str | None:
+    """The guest kernel pvepstore last saw running (uname -r): it wrote the store's last dumps."""
+    got = state.load(cfg, vmid).get("guest_kernel")
+    return got if isinstance(got, str) and got else None
+
+
 def pending_clear(cfg: "Config", vmid: int) -> dict[str, str]:
     got = state.load(cfg, vmid).get("efi_clear")
     return {str(k): str(v) for k, v in got.items()} if isinstance(got, dict) else {}
@@ -77,17 +84,20 @@ def clear_pending(cfg: "Config", vmid: int, guest, found: Sequence | None = None
 
     if found is None:
         found = guest.read_records()
-    names = []
+    # by the kernel-independent name: a host read of Shutdown dumps alone may have named them after
+    # another kernel (dmesg-efi-<id> up to 6.1, dmesg-efi_pstore-<id> from 6.2); the bytes must match
+    want = {same_record(n): h for n, h in want.items()}
+    names, done_keys = [], []
     for g in found:
         rec = record_from_file(g.name, g.data, g.mtime)
-        if rec is not None and want.get(g.name) == rec.sha256:
+        if rec is not None and want.get(same_record(g.name)) == rec.sha256:
             names.append(g.name)
-    done = []
     if names:
         result = guest.clear(names)
-        done = [n for n in names if n not in result.not_cleared]
-    seen = {g.name for g in found}
-    left = {n: h for n, h in want.items() if n in seen and n not in done}  # gone from the guest: done
+        done_keys = [same_record(n) for n in names if n not in result.not_cleared]
+    seen = {same_record(g.name) for g in found}
+    left = {n: h for n, h in want.items() if n in seen and n not in done_keys}  # gone from the guest: done
+    done = [n for n in names if same_record(n) in done_keys]
     state.update(cfg, vmid, efi_clear=left)
     return done
 
@@ -168,8 +178,8 @@ class EfidiskVm:
 
     def gather(self) -> Gathered:
         got = efidisk.read_efidisk(self.cfg, self.vmid, runner=self.runner)
-        result = efidisk.parse(got)
-        return Gathered(source="efidisk", records=[r for r in result.records if not r.erased], backend="efi",
+        result = efidisk.parse(got, kernel_release=guest_kernel(self.cfg, self.vmid))
+        return Gathered(source="efidisk", records=[r for r in result.records if not r.erased], backend=NAME,
                         keeps_panics=True)
 
     def clear(self, records: Sequence) -> None:
@@ -271,7 +281,7 @@ class EfiPstore(Backend):
             raise UsageError("efi_pstore records are cleared only through the guest (never by writing efidisk0)",
                              hint="collect archives them and clears them at the next guest contact")
         got = efidisk.read_efidisk(cfg, vmid, runner=runner)
-        result = efidisk.parse(got)
+        result = efidisk.parse(got, kernel_release=guest_kernel(cfg, vmid))
         records = [r for r in result.records if not r.erased]
         label = "a snapshot of its efidisk0" if got.running else "its efidisk0 on the host"
         return ReadResult(vmid, "efidisk-snapshot" if got.running else "efidisk", guest_records=records,

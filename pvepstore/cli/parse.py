@@ -153,6 +153,9 @@ def parse_command(
     include_erased: bool = typer.Option(False, "--include-erased",
                                         help="Also recover erased records (forensic, flagged)."),
     sample: bool = typer.Option(False, "--sample", help="Parse the real pstore image bundled with pvepstore."),
+    kernel: Optional[str] = typer.Option(None, "--kernel", help="The writing guest kernel's release (uname -r): "
+                                         "efi_pstore names its files dmesg-efi-* up to 6.1, dmesg-efi_pstore-* "
+                                         "from 6.2, and a store of Shutdown dumps does not say which."),
 ) -> None:
     """Read a pstore disk image (pstore_blk), ramoops memory or an OVMF vars file (efi_pstore) the way
     the guest kernel reads it.
@@ -167,7 +170,7 @@ def parse_command(
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}")
     params = _params(fmt, kmsg_size, pmsg_size, console_size, ftrace_size, nr_cpus, no_cap,
                      record_size, mem_size)
-    options = ReadOptions(include_erased=include_erased)
+    options = ReadOptions(include_erased=include_erased, kernel_release=kernel)
     with _opened(image, sample, offset, no_cap) as (src, _label, notes):
         result = read_source(src, params, fmt=fmt, offset=offset, options=options)
     result.findings[:0] = notes

@@ -23,12 +23,16 @@ from . import rules
 from .changes import VerifyResult, run
 from .layout import DROPIN, DROPIN_REASON, HEADER, MODPROBE_CONF, PSTORE_DROPIN
 from .plan import GuestWishes, WantedFile
+from ..pstore.efi import NAME_FROM_6_2, NAME_UNTIL_6_1, name_for_release
 from .probe import (KMOD_BLK, KMOD_EFI, KMOD_RAMOOPS, Capability, ProbeReport, cmdline_disables_efi_pstore,
                     disables_efi_pstore)
 
 TARGET = KMOD_EFI
 MODULE = KMOD_EFI
-PSTORE_NAME = "efi"  # psinfo->name of efi_pstore (drivers/firmware/efi/efi-pstore.c)
+# psinfo->name of efi_pstore (drivers/firmware/efi/efi-pstore.c), as /sys/module/pstore/parameters/backend
+# shows it: "efi" up to 6.1, "efi_pstore" from 6.2 (measured: Debian 12's 6.1, Debian 13's 6.12) --
+# the same name as in its files (dmesg-<name>-<id>)
+PSTORE_NAMES = (NAME_UNTIL_6_1, NAME_FROM_6_2)
 UNIT = "/etc/systemd/system/pvepstore-efi.service"
 UNIT_LINK = "/etc/systemd/system/sysinit.target.wants/pvepstore-efi.service"
 LOADER = "/etc/pvepstore/efi-load.sh"
@@ -85,7 +89,12 @@ def files(s: EfiSettings) -> tuple[WantedFile, ...]:
 
 
 def configured(r: ProbeReport) -> bool:
-    return r.backend == PSTORE_NAME
+    return r.backend in PSTORE_NAMES
+
+
+def pstore_name(r: ProbeReport) -> str:
+    """The name efi_pstore registers under on this guest's kernel."""
+    return name_for_release(r.kernel) or NAME_UNTIL_6_1
 
 
 def disabled_elsewhere(r: ProbeReport) -> bool:
@@ -117,7 +126,7 @@ def wishes(r: ProbeReport, s: EfiSettings) -> GuestWishes:
     # efi_pstore registers at module load only: load-efi (re)loads it through the unit once the
     # plan's files are in place; where it cannot (built in, disabled by another option, the slot
     # held by something pvepstore does not unload) the guest's next boot is the activation
-    if r.backend != PSTORE_NAME:
+    if not configured(r):
         if loads_now(r):
             w.actions.append(run("load-efi", "register efi_pstore now (pstore's slot is free)"))
         else:
@@ -185,12 +194,12 @@ def _problems(r: ProbeReport, add: rules.Add) -> None:
     if r.backend == "erst":
         add("backend-erst", "blocker", "the built-in ACPI ERST backend holds pstore's single slot",
             "remove the acpi-erst device from the VM")
-    elif r.backend and r.backend not in (PSTORE_NAME, KMOD_BLK, KMOD_RAMOOPS):
+    elif r.backend and not configured(r) and r.backend not in (KMOD_BLK, KMOD_RAMOOPS):
         add("backend-other", "warning", f"backend {r.backend} holds pstore's single slot", "")
     elif r.backend in (KMOD_BLK, KMOD_RAMOOPS):
         add("backend-switch", "fix", f"{r.backend} holds pstore's single slot (switching backends)",
             "unload it; efi_pstore registers " + ("then" if loads_now(r) else "at the next boot"))
-    if r.efi and r.efi_pstore_available and r.backend != PSTORE_NAME and not r.efi_pstore_disabled:
+    if r.efi and r.efi_pstore_available and not configured(r) and not r.efi_pstore_disabled:
         add("not-configured", "fix", "efi_pstore is not registered", "a boot-time unit that loads it")
 
 
@@ -201,7 +210,7 @@ def assess(r: ProbeReport) -> ProbeReport:
 
 def _checks(r: ProbeReport, s: dict, add: rules.CheckAdd) -> None:
     add("uefi", r.efi, "/sys/firmware/efi present" if r.efi else "not booted through UEFI")
-    add("backend", r.backend == PSTORE_NAME, f"backend is {r.backend or 'none'} (want {PSTORE_NAME})")
+    add("backend", configured(r), f"backend is {r.backend or 'none'} (want {pstore_name(r)})")
     add("efi_pstore enabled", not r.efi_pstore_disabled,
         "pstore_disable=Y is set" if r.efi_pstore_disabled else "not disabled")
     # the loader sets both at every boot; pstore reads them at dump time, so they must hold now

@@ -12,6 +12,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .kernels import measured_kernel
 from .legacy import find_legacy
 from .manifest import parse_manifest
 from .model import Capability, FileState, Problem
@@ -77,6 +78,8 @@ class ProbeReport:
     distro_version: str = ""
     boot_id: str = ""
     cmdline: str = ""
+    measured: str = ""  # the measured kernel it runs (kernels.MEASURED label); "": not measured on it
+    kconfig_read: bool = False  # its kernel config was readable (/boot/config-<release>, /proc/config.gz)
     pstore_blk: str = "missing"  # module | builtin | missing
     frontends: dict[str, bool | None] = field(default_factory=dict)  # pmsg/console/ftrace
     backend: str | None = None
@@ -145,6 +148,7 @@ class ProbeReport:
             "kernel": self.kernel, "arch": self.arch, "distro": self.distro,
             "distro_id": self.distro_id, "distro_version": self.distro_version,
             "boot_id": self.boot_id, "cmdline": self.cmdline,
+            "measured_kernel": self.measured or None, "kconfig_read": self.kconfig_read,
             "pstore_blk": self.pstore_blk, "frontends": self.frontends,
             "backend": self.backend, "blk_params": self.blk_params, "loaded": self.loaded,
             "efi": self.efi, "erst": self.erst, "efi_pstore_available": self.efi_pstore_available,
@@ -274,6 +278,9 @@ def build_report(reply: Reply, serial: str, disk_bytes: int | None) -> ProbeRepo
     builtin = reply.text("builtin")
     r.builtin_modules = builtin.replace("efi-pstore", "efi_pstore")[:2048]
     kconf = _kconfig(reply.text("kconfig"))
+    r.kconfig_read = bool(kconf)
+    known = measured_kernel(r.distro_id, r.distro_version, r.kernel)
+    r.measured = known.label if known else ""
     if "/pstore_blk.ko" in builtin or kconf.get("PSTORE_BLK") == "y":
         r.pstore_blk = "builtin"
     elif modfiles.get(KMOD_BLK) or KMOD_BLK in r.loaded:

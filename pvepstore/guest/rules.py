@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Callable
 
 from .changes import VerifyResult
+from .kernels import measured_labels
 from .probe import KMOD_EFI, Capability, Problem, ProbeReport
 from .scripts import MANIFEST
 
@@ -92,6 +93,17 @@ def registration_problems(r: ProbeReport, add: Add, *, module_present: bool, our
 
 def common_problems(r: ProbeReport, add: Add, *, oops_must_not_panic: bool = False) -> None:
     """``oops_must_not_panic``: the backend loses Oopses that panic_on_oops turns into panics."""
+    if not r.measured and r.kernel:
+        who = f"{r.distro or r.distro_id or 'an unknown distribution'}, kernel {r.kernel}"
+        if r.kconfig_read:
+            add("kernel-not-measured", "info", f"{who}: not a kernel pvepstore was measured on "
+                f"({measured_labels()}); what it captures here is read from this kernel's config and "
+                "modules, not tested", "")
+        else:
+            add("kernel-not-measured", "warning", f"{who}: not a kernel pvepstore was measured on "
+                f"({measured_labels()}), and its config is not readable: which pstore options it has "
+                "is unknown", f"install /boot/config-{r.kernel} (the kernel package's) or enable "
+                "CONFIG_IKCONFIG_PROC")
     if r.efi_pstore_available and KMOD_EFI in r.builtin_modules and not r.efi_pstore_disabled:
         add("efi-pstore-builtin", "warning", "efi_pstore is built into this kernel: modprobe.d cannot keep it "
             "out of pstore's slot", "add efi_pstore.pstore_disable=1 to the kernel command line")

@@ -38,6 +38,9 @@ class ReadOptions:
     max_record_bytes: int = MAX_RECORD_BYTES
     max_zones: int = MAX_ZONES
     max_image_bytes: int = MAX_IMAGE_BYTES
+    # The writing kernel's release (``uname -r``), when known from outside the image: efi_pstore's
+    # file names depend on it and a store of Shutdown dumps alone does not say it.
+    kernel_release: str | None = None
 
 
 def read_blk(source: ByteSource, params: BlkParams | None = None, *,

@@ -168,8 +168,18 @@ def backend_name_for(records: list[Record]) -> str | None:
     for rec in records:
         m = _RELEASE.search(rec.data[:1 << 16])
         if m:
-            return NAME_FROM_6_2 if (int(m[1]), int(m[2])) >= (6, 2) else NAME_UNTIL_6_1
+            return _name_of(int(m[1]), int(m[2]))
     return None
+
+
+def name_for_release(release: str | None) -> str | None:
+    """The backend name of kernel ``release`` ("6.12.117+deb13-amd64"); None if it is not one."""
+    m = re.match(r"(\d{1,3})\.(\d{1,3})(?:[.\-+]|$)", release or "")
+    return _name_of(int(m[1]), int(m[2])) if m else None
+
+
+def _name_of(major: int, minor: int) -> str:
+    return NAME_FROM_6_2 if (major, minor) >= (6, 2) else NAME_UNTIL_6_1
 
 
 def read_efi(src: ByteSource, *, forensic: bool = False, options=None,
@@ -179,7 +189,7 @@ def read_efi(src: ByteSource, *, forensic: bool = False, options=None,
     ``forensic``: also the deleted / shadowed crash variables, flagged ``erased`` (never part of
     the kernel's view).  ``options``: a ReadOptions (max_record_bytes, max_image_bytes).
     ``backend_name``: "efi" (kernels <= 6.1) or "efi_pstore" (>= 6.2) in the file names; None:
-    from the kernel release the records' texts name, else "efi".
+    from the kernel release the records' texts name, else ``options.kernel_release``, else "efi".
     """
     max_record = getattr(options, "max_record_bytes", MAX_RECORD_BYTES)
     budget = ImageBudget(getattr(options, "max_image_bytes", MAX_IMAGE_BYTES))
@@ -235,7 +245,8 @@ def read_efi(src: ByteSource, *, forensic: bool = False, options=None,
             if rec is not None:
                 result.records.append(rec)
     findings.extend(budget.findings())
-    name = backend_name or backend_name_for(result.records) or NAME_UNTIL_6_1
+    name = (backend_name or backend_name_for(result.records)
+            or name_for_release(getattr(options, "kernel_release", None)) or NAME_UNTIL_6_1)
     if name != NAME_UNTIL_6_1:
         result.records = [_renamed(r, name) for r in result.records]
     result.bytes_read = src.bytes_read
@@ -245,6 +256,13 @@ def read_efi(src: ByteSource, *, forensic: bool = False, options=None,
 def _renamed(rec: Record, name: str) -> Record:
     kind, _, rest = rec.name.partition(f"-{NAME_UNTIL_6_1}-")
     return replace(rec, name=f"{kind}-{name}-{rest}")
+
+
+def same_record(file_name: str) -> str:
+    """A pstorefs file name of an efi_pstore record with the kernel-dependent backend part made one:
+    ``dmesg-efi_pstore-<id>`` (>= 6.2) and ``dmesg-efi-<id>`` (<= 6.1) are the same variable."""
+    kind, sep, rest = file_name.partition(f"-{NAME_FROM_6_2}-")
+    return f"{kind}-{NAME_UNTIL_6_1}-{rest}" if sep else file_name
 
 
 def _aligned(v: EfiVariable) -> int:

@@ -166,9 +166,12 @@ def read_efidisk(cfg: Config, vmid: int, *, runner: CommandRunner | None = None,
     return out
 
 
-def parse(read: EfiRead, *, forensic: bool = False):
-    """efi_pstore's records in the snapshot (efiformat's reader)."""
+def parse(read: EfiRead, *, forensic: bool = False, kernel_release: str | None = None):
+    """efi_pstore's records in the snapshot (efiformat's reader).  ``kernel_release``: the guest's
+    kernel as last seen running (the file names of a store of Shutdown dumps alone depend on it)."""
+    from ..pstore import ReadOptions
     from ..pstore.efi import read_efi
 
-    read.result = read_efi(BytesSource(read.image, name=f"{read.disk.volid} (efidisk0)"), forensic=forensic)
+    read.result = read_efi(BytesSource(read.image, name=f"{read.disk.volid} (efidisk0)"), forensic=forensic,
+                           options=ReadOptions(kernel_release=kernel_release or None))
     return read.result

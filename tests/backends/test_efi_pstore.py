@@ -270,3 +270,40 @@ def test_sweep_of_the_running_vm_clears_what_was_archived_while_it_was_off(fakep
     got = h.gather()
     assert got.records == [] and pending_clear(cfg, 100) == {}
     assert [c.name for c in t.calls] == ["records", "clear", "records", "history"]
+
+
+@needs_efi
+def test_a_debian13_guests_shutdown_dumps_read_on_the_host_keep_its_names_and_are_cleared(fakepve, tmp_path):
+    """Debian 13's 6.12 names its files dmesg-efi_pstore-<id>; a store of Shutdown dumps alone does not
+    say which kernel wrote it: the host read names them after the guest kernel the last sweep saw
+    (state guest_kernel), and a pending clear matches the guest's files whatever name was archived."""
+    from pvepstore.backends.efi_pstore import EfiGuestVm, clear_pending
+    from pvepstore.guest.testing import Recorded, reply
+    from tests.guest.conftest import fake_guest
+
+    efi_vm(fakepve, tmp_path, "d13-efi-poweroff")
+    cfg = fakepve.load_config()
+    view = {p.name: p.read_bytes() for p in sorted((FIXTURES / "d13-efi-poweroff" / "kernel").iterdir())}
+    assert all(n.startswith("dmesg-efi_pstore-") for n in view) and len(view) == 15
+
+    def guest(*more):
+        items = [("rec", n, str(len(b)), "1795661798", b) for n, b in sorted(view.items())]
+        return fake_guest(Recorded("records", 0, reply(("pstorefs", "pstore"), *items)), *more)
+
+    # never seen running: 6.1's names on the host; the guest's own files are still the ones cleared
+    off = EfidiskVm(100, {"vmid": 100}, cfg)
+    got = off.gather()
+    assert sorted(r.name for r in got.records) == sorted(n.replace("-efi_pstore-", "-efi-") for n in view)
+    off.clear(got.records)
+    g, t = guest(Recorded("clear", 0, reply(*[("cleared", n, "ok") for n in sorted(view)])))
+    assert clear_pending(cfg, 100, g) == sorted(view) and pending_clear(cfg, 100) == {}
+
+    # a sweep of the running guest records its kernel (uname -r from the boot history) ...
+    g, t = fake_guest(Recorded("records", 0, reply(("pstorefs", "pstore"))),
+                      Recorded("history", 0, reply(("boot_id", "b2"), ("uptime", "12.5"),
+                                                   ("uname", "6.12.117+deb13-amd64"))))
+    assert EfiGuestVm(100, {"vmid": 100}, g, cfg=cfg).gather().kernel == "6.12.117+deb13-amd64"
+    state.update(cfg, 100, guest_kernel="6.12.117+deb13-amd64")  # (the collector keeps it: test_collect)
+    # ... and the host read then names the records exactly as that kernel does
+    got = EfidiskVm(100, {"vmid": 100}, cfg).gather()
+    assert {r.name: r.data for r in got.records} == view

@@ -21,7 +21,22 @@ MODES = ("human", "json", "report", "extract")
 
 def _args(fx) -> list[str]:
     offset = int(fx.meta.get("offset") or 0)
-    return ["parse", str(fx.path / "image.xz")] + (["--offset", str(offset)] if offset else [])
+    # efi_pstore's file names follow the writing kernel (efi up to 6.1, efi_pstore from 6.2), which
+    # a store holding only Shutdown dumps does not name: the operator says it (the guest's uname -r)
+    kernel = ["--kernel", fx.meta["kernel"]] if fx.format == "efi" and fx.meta.get("kernel") else []
+    return ["parse", str(fx.path / "image.xz")] + (["--offset", str(offset)] if offset else []) + kernel
+
+
+def test_efi_names_follow_the_writing_kernel():
+    """6.12's Shutdown dumps carry no release: without --kernel the 6.1 name, with it the kernel's own;
+    an Oops names its kernel itself, so --kernel is not needed there."""
+    by = {f.name: f for f in FIXTURES}
+    shutdown = str(by["d13-efi-poweroff"].path / "image.xz")
+    names = lambda *a: {r["name"].rsplit("-", 1)[0] for r in run_cli("parse", *a, "--json").json["records"]}  # noqa: E731
+    assert names(shutdown) == {"dmesg-efi"}
+    assert names(shutdown, "--kernel", "6.12.117+deb13-amd64") == {"dmesg-efi_pstore"} == set(by["d13-efi-poweroff"].kernel_view and {n.rsplit("-", 1)[0] for n in by["d13-efi-poweroff"].kernel_view})
+    assert names(str(by["d13-efi-oops"].path / "image.xz")) == {"dmesg-efi_pstore"}
+    assert names(str(by["efi-oops"].path / "image.xz"), "--kernel", "6.1.0-57-amd64") == {"dmesg-efi"}
 
 
 def test_every_format_is_covered():

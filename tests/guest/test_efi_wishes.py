@@ -23,7 +23,9 @@ def efi_state_after(plans, *extra, unit=("enabled", "active"), kmsg_bytes=None, 
     items += [("backend", "efi"), ("loaded", "efi_pstore", "live"), ("efi", "yes"),
               ("unit", "pvepstore-efi.service", *unit), ("pstorefs", "pstore", opts),
               ("param", "printk/parameters/always_kmsg_dump", "Y" if always else "N")]
-    base = [i for i in probe_items(unlink="no", disk=False) if i[0] not in ("backend", "pstorefs")]
+    over = {i[0] for i in extra}  # a key in ``extra`` (uname, backend) replaces the default
+    base = [i for i in probe_items(unlink="no", disk=False) if i[0] not in ("backend", "pstorefs") and i[0] not in over]
+    items = [i for i in items if i[0] not in over]
     return Recorded("probe", 0, reply(*(base + items + list(extra))))
 
 
@@ -177,3 +179,26 @@ def test_pstore_blk_verify_still_asks_efi_pstore_kept_out():
 
 def test_files_are_own_paths():
     assert {f.path for f in files(EfiSettings())} == {LOADER, UNIT, UNIT_LINK, PSTORE_DROPIN}
+
+
+D13 = (("uname", "6.12.117+deb13-amd64", "x86_64"),
+       ("osrelease", 'PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nID=debian\nVERSION_ID="13"\n'))
+
+
+def test_a_612_kernel_registers_efi_pstore_under_its_new_name():
+    """From 6.2 psinfo->name is "efi_pstore" (Debian 13's 6.12 prints "Registered efi_pstore as persistent
+    store backend", tests/fixtures/d13-efi-*): that is efi_pstore in the slot, not another backend."""
+    g, t = fake_guest(probe_reply(*D13, backend="efi_pstore", efi=True, disk=False))
+    r = probe(g)
+    assert r.configured and not r.blockers and r.measured == "Debian 13 (6.12)"
+    assert not {"backend-other", "not-configured"} & {p.code for p in r.problems}, r.problems
+    plan = plan_for(g, r)
+    assert not plan.reboot_required
+    t.add(efi_state_after([plan], *D13, ("backend", "efi_pstore")))
+    v = verify_for(g, "efi_pstore")
+    assert v.ok and ("backend", True, "backend is efi_pstore (want efi_pstore)") in v.checks, v.checks
+    # not registered at all: the message names what this kernel would show
+    g, t = fake_guest(probe_reply(*D13, efi=True, disk=False))
+    t.add(efi_state_after([plan_for(g, probe(g))], *D13, ("backend", "(null)")))
+    v = verify_for(g, "efi_pstore")
+    assert ("backend", False, "backend is none (want efi_pstore)") in v.checks, v.checks

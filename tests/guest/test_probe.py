@@ -104,3 +104,35 @@ def test_efi_unit_and_dump_parameters_are_facts():
     assert (r.kmsg_bytes, r.always_kmsg_dump) == (None, None) and probe().always_kmsg_dump is None
     # no parameter (6.1): pstorefs' kmsg_bytes= option, else CONFIG_PSTORE_DEFAULT_KMSG_BYTES
     assert probe().kmsg_bytes == 10240
+
+
+def test_a_measured_kernel_is_named_and_needs_no_caveat():
+    r = probe()
+    assert r.measured == "Debian 12 (6.1)" and r.to_json()["measured_kernel"] == "Debian 12 (6.1)"
+    d13 = probe(("uname", "6.12.117+deb13-amd64", "x86_64"),
+                ("osrelease", 'PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nID=debian\nVERSION_ID="13"\n'))
+    assert d13.measured == "Debian 13 (6.12)" and "kernel-not-measured" not in codes(d13)
+
+
+def test_another_kernel_family_is_said_plainly_and_read_from_the_guest():
+    ubuntu = ('PRETTY_NAME="Ubuntu 24.04.1 LTS"\nID=ubuntu\nID_LIKE=debian\nVERSION_ID="24.04"\n')
+    kconf = ("CONFIG_PSTORE=y\nCONFIG_PSTORE_BLK=m\nCONFIG_PSTORE_PMSG=y\nCONFIG_PSTORE_CONSOLE=y\n"
+             "CONFIG_EFI_VARS_PSTORE=y\n")
+    r = probe(("uname", "6.8.0-45-generic", "x86_64"), ("osrelease", ubuntu), kconfig=kconf)
+    assert r.measured == "" and codes(r)["kernel-not-measured"] == "info"
+    (p,) = [p for p in r.problems if p.code == "kernel-not-measured"]
+    assert "Ubuntu 24.04.1 LTS, kernel 6.8.0-45-generic" in p.message
+    assert "Debian 12 (6.1), Debian 13 (6.12)" in p.message and "not tested" in p.message
+    # the facts are this kernel's own, never assumed from Debian's: Ubuntu builds pmsg and console in
+    assert r.capabilities["pmsg"].status == "yes" and r.capabilities["console"].status == "yes"
+    # a Debian 12 userland on another kernel build (a backports or self-built kernel) is not measured either
+    assert "kernel-not-measured" in codes(probe(("uname", "6.10.11+bpo-amd64", "x86_64")))
+
+
+def test_an_unmeasured_kernel_without_a_readable_config_is_a_warning_and_capabilities_unknown():
+    rhel = 'PRETTY_NAME="Rocky Linux 9.4 (Blue Onyx)"\nID="rocky"\nID_LIKE="rhel centos fedora"\nVERSION_ID="9.4"\n'
+    r = probe(("uname", "5.14.0-427.13.1.el9_4.x86_64", "x86_64"), ("osrelease", rhel), kconfig="")
+    assert codes(r)["kernel-not-measured"] == "warning" and r.kconfig_read is False
+    (p,) = [p for p in r.problems if p.code == "kernel-not-measured"]
+    assert "config is not readable" in p.message and "/boot/config-5.14.0-427.13.1.el9_4.x86_64" in p.fix
+    assert r.capabilities["pmsg"].status == "unknown" and r.capabilities["console"].status == "unknown"

@@ -18,7 +18,7 @@ import re
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tests.kernel import harness as H
@@ -50,6 +50,7 @@ class EfiScenario:
     expect_records: bool = True
     extra_boots_after: int = 0        # fill: boots after the reading copy (does it still boot?)
     meta: dict = field(default_factory=dict)
+    kernel: str = "stock"             # harness.KERNELS: "stock" (Debian 12) | "debian13"
 
 
 def _oopses(n: int, gap: float = 0.5) -> list:
@@ -84,6 +85,11 @@ SCENARIOS = [
                 "the store after boot 2.",
                 [_oopses(40) + [VARCOUNT], ["oops", ("sleep", 1), VARCOUNT]]),
 ]
+# Debian 13's stock kernel (6.12, tests/kernel/debian13.py): the same measurements (issue 18)
+SCENARIOS += [replace(sc, name=f"d13-{sc.name}", kernel="debian13",
+                      description=f"Debian 13 stock kernel (6.12), as {sc.name}: {sc.description}")
+              for sc in SCENARIOS if sc.name in ("efi-oops", "efi-panic", "efi-reboot", "efi-poweroff", "efi-sysrq-b",
+                                                  "efi-erase")]
 BY_NAME = {s.name: s for s in SCENARIOS}
 
 
@@ -112,7 +118,7 @@ def _pstore_dmesg(dmesg: str) -> list[str]:
 
 
 def run(sc: EfiScenario, log=print) -> dict:
-    kernel = H.stock_kernel()
+    kernel = H.KERNELS[sc.kernel]()
     work = RUNS / sc.name
     if work.exists():
         shutil.rmtree(work)
@@ -240,6 +246,7 @@ def main(argv=None) -> int:
     ap.add_argument("names", nargs="*")
     ap.add_argument("--all", action="store_true")
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--debian13", action="store_true", help="the Debian 13 (6.12) scenarios")
     ap.add_argument("--restat", action="store_true",
                     help="recompute the store numbers in meta.json from the kept run files")
     a = ap.parse_args(argv)
@@ -262,6 +269,8 @@ def main(argv=None) -> int:
             print(f"{s.name}: {s.description}")
         return 0
     todo = SCENARIOS if a.all else [BY_NAME[n] for n in a.names]
+    if a.debian13:
+        todo = [s for s in SCENARIOS if s.kernel == "debian13"]
     for sc in todo:
         t0 = time.monotonic()
         run(sc)

@@ -42,7 +42,7 @@ END_EVENTS = {"panic", "reboot", "poweroff"}
 
 
 def kernel_for(sc: Scenario) -> H.Kernel:
-    return H.stock_kernel() if sc.kernel == "stock" else H.custom_kernel()
+    return H.KERNELS[sc.kernel]()
 
 
 def pstore_lines(dmesg: str) -> list[str]:
@@ -741,6 +741,8 @@ def main(argv=None) -> int:
     ap.add_argument("--stock", action="store_true", help="all stock-kernel scenarios")
     ap.add_argument("--custom", action="store_true", help="all custom-kernel scenarios")
     ap.add_argument("--ivshmem", action="store_true", help="all ramoops-on-ivshmem scenarios")
+    ap.add_argument("--debian13", action="store_true",
+                    help="all Debian 13 (6.12) scenarios (run python3 -m tests.kernel.debian13 first)")
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--smoke-ivshmem", action="store_true",
@@ -773,6 +775,8 @@ def main(argv=None) -> int:
             print("NOTE: custom kernel not built, skipping", [s.name for s in cust])
     if a.ivshmem:
         todo += [s for s in SCENARIOS if s.backend == "ramoops" and s not in todo]
+    if a.debian13:
+        todo += [s for s in SCENARIOS if s.kernel == "debian13" and s not in todo]
     for n in a.names:
         if n not in BY_NAME:
             print(f"unknown scenario {n}; --list shows them", file=sys.stderr)

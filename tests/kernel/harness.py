@@ -106,7 +106,8 @@ class Kernel:
     release: str          # uname -r
     image: Path           # bzImage / vmlinuz
     modroot: Path         # directory that contains lib/modules/<release>
-    builddir: Path        # kernel build dir for out-of-tree modules
+    builddir: Path        # kernel build dir for out-of-tree modules (inside ``chroot`` when set)
+    chroot: Path | None = None  # a root whose compiler matches the kernel's (Debian 13: gcc-14)
 
     @property
     def moddir(self) -> Path:
@@ -194,6 +195,18 @@ def custom_kernel() -> Kernel:
     return Kernel("custom", release, src / "arch/x86/boot/bzImage", KBUILD / "modroot", src)
 
 
+def debian13_kernel() -> Kernel:
+    """Debian 13's stock kernel (trixie's linux-image-amd64), unpacked by ``tests/kernel/debian13.py``."""
+    from .debian13 import KERNEL_DIR, BUILD_ROOT, release
+
+    rel = release()
+    return Kernel("debian13", rel, KERNEL_DIR / "boot" / f"vmlinuz-{rel}", KERNEL_DIR / "usr",
+                  Path(f"/usr/src/linux-headers-{rel}"), chroot=BUILD_ROOT)
+
+
+KERNELS = {"stock": lambda: stock_kernel(), "custom": lambda: custom_kernel(), "debian13": lambda: debian13_kernel()}
+
+
 def build_oopsmod(kernel: Kernel) -> Path:
     """Build tests/kernel/oopsmod against the kernel; cached per release+source."""
     src_files = sorted(OOPSMOD_SRC.glob("*.c")) + [OOPSMOD_SRC / "Makefile"]
@@ -207,8 +220,17 @@ def build_oopsmod(kernel: Kernel) -> Path:
     out.mkdir(parents=True)
     for p in src_files:
         shutil.copy2(p, out / p.name)
-    subprocess.run(["make", "-C", str(kernel.builddir), f"M={out}", "modules"],
-                   check=True, capture_output=True, timeout=600)
+    if kernel.chroot is not None:  # built where the kernel's own compiler is, copied out
+        inside = kernel.chroot / "build" / f"oopsmod-{kernel.release}"
+        if inside.exists():
+            shutil.rmtree(inside)
+        shutil.copytree(out, inside)
+        subprocess.run(["chroot", str(kernel.chroot), "make", "-C", str(kernel.builddir),
+                        f"M=/build/{inside.name}", "modules"], check=True, capture_output=True, timeout=600)
+        shutil.copy2(inside / "pvepstore_oops.ko", ko)
+    else:
+        subprocess.run(["make", "-C", str(kernel.builddir), f"M={out}", "modules"],
+                       check=True, capture_output=True, timeout=600)
     (out / ".stamp").write_text(stamp)
     return ko
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from pvepstore.pstore import read_image, read_source
+from pvepstore.pstore import ReadOptions, read_image, read_source
 from pvepstore.pstore.ramoops import compute_ramoops_layout, looks_like_ramoops
 from pvepstore.pstore.source import FileSource
 from tests.conftest import load_fixtures
@@ -28,7 +28,8 @@ def _as_view(result) -> dict[str, bytes]:
 @pytest.mark.parametrize("fx", FIXTURES, ids=[f.name for f in FIXTURES])
 def test_known_parameters_match_kernel_view(fx, unpack_dir):
     image = fx.unpack(unpack_dir)
-    result = read_image(image, fx.params, offset=int(fx.meta.get("offset") or 0), fmt=fx.format)
+    result = read_image(image, fx.params, offset=int(fx.meta.get("offset") or 0), fmt=fx.format,
+                        options=ReadOptions(kernel_release=fx.meta.get("kernel")))
     view = _as_view(result)
     assert sorted(view) == sorted(fx.kernel_view)
     for name, data in fx.kernel_view.items():
@@ -39,7 +40,8 @@ def test_known_parameters_match_kernel_view(fx, unpack_dir):
 @pytest.mark.parametrize("fx", FIXTURES, ids=[f.name for f in FIXTURES])
 def test_discovered_layout_matches_kernel_view(fx, unpack_dir):
     image = fx.unpack(unpack_dir)
-    result = read_image(image, None, offset=int(fx.meta.get("offset") or 0), fmt=fx.format)
+    result = read_image(image, None, offset=int(fx.meta.get("offset") or 0), fmt=fx.format,
+                        options=ReadOptions(kernel_release=fx.meta.get("kernel")))
     assert _as_view(result) == fx.kernel_view
     if fx.kernel_view:
         assert result.layout.discovery["confidence"] in ("high", "medium")
