@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pvepstore.errors import GuestError
 from pvepstore.guest import connect
 from pvepstore.guest.transport import known_hosts_name
 
@@ -67,12 +68,54 @@ class PveGuestVM(GuestVM):
         return ["-drive", f"file={self.pstore_img},if=none,id=drive-pstore,format=raw,cache=writeback",
                 "-device", f"virtio-blk-pci,drive=drive-pstore,id=pstore,serial={SERIAL}"]
 
+    @property
+    def qmp_socket(self) -> Path:
+        # a unix socket path has 108 bytes at most: a short directory of its own, not the workdir
+        if getattr(self, "_qmp_dir", None) is None:
+            import tempfile
+
+            self._qmp_dir = Path(tempfile.mkdtemp(prefix="qmp-"))
+        return self._qmp_dir / f"{self.vmid}.qmp"
+
+    def qmp(self, command: str) -> dict:
+        """One QMP command (after the capabilities handshake), as qemu-server's mon_cmd sends it."""
+        import socket
+
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(30)
+            sock.connect(str(self.qmp_socket))
+            reader = sock.makefile("rb")
+            json.loads(reader.readline())  # the greeting
+            for cmd in ("qmp_capabilities", command):
+                sock.sendall(json.dumps({"execute": cmd}).encode() + b"\n")
+                while True:  # events may come before the answer
+                    msg = json.loads(reader.readline())
+                    if "return" in msg or "error" in msg:
+                        break
+            return msg
+
+    def watchdog_args(self) -> list[str]:
+        """The VM config's ``watchdog:`` as qemu-server renders it (``-device <model>``, and
+        ``-watchdog-action <action>`` only when the config names one)."""
+        from pvepstore.analysis.hostlog import watchdog_action
+
+        value = self.fake.vms[self.vmid].config.get("watchdog")
+        if not value:
+            return []
+        model, action = watchdog_action(value)
+        return ["-device", model] + (["-watchdog-action", action] if "action=" in value else [])
+
     def firmware_args(self) -> list[str]:
         return []  # SeaBIOS, QEMU's default (``bios: seabios``)
 
     def qemu_argv(self) -> list[str]:
-        return [QEMU, "-accel", accel(), "-machine", self.machine, "-m", str(self.mem_mib),
+        # "-name <name>,debug-threads=on" as qemu-server passes it: QEMU then names its vCPU
+        # threads "CPU <n>/KVM" (here /TCG), which is how the kernel's fault lines name them
+        return [QEMU, "-name", f"vm{self.vmid},debug-threads=on",
+                "-accel", accel(), "-machine", self.machine, "-m", str(self.mem_mib),
                 "-smp", str(self.smp), "-nographic", "-monitor", "none",
+                # a QMP socket as qemu-server has (/var/run/qemu-server/<vmid>.qmp): qm reset is system_reset
+                "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
                 "-serial", f"file:{self.console_log}", "-pidfile", str(self.pidfile),
                 *self.firmware_args(),
                 "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
@@ -80,7 +123,7 @@ class PveGuestVM(GuestVM):
                            "systemd.show_status=0 loglevel=4",
                 "-drive", f"file={self.overlay},if=none,id=root,format=qcow2,cache=unsafe",
                 "-device", "virtio-blk-pci,drive=root,serial=root",
-                *self.disk_args(),
+                *self.disk_args(), *self.watchdog_args(),
                 "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.port}-:22",
                 "-device", "virtio-net-pci,netdev=n0"]
 
@@ -118,31 +161,6 @@ class PveGuestVM(GuestVM):
         self.pidfile.unlink(missing_ok=True)
         self._set_running(False)
 
-    # -- guest helpers -----------------------------------------------------------------
-    def run(self, script: str, *args: str, timeout: float = 120) -> bytes:
-        """A throwaway root shell script in the guest (test setup only; pvepstore has its own)."""
-        with connect(self.target()) as g:
-            res = g.transport.run("test", script, list(args), timeout=timeout)
-        if res.exit != 0:
-            raise RuntimeError(f"guest script failed ({res.exit}): {res.stderr[-2000:]!r}")
-        return res.stdout
-
-    def put(self, path: str, data: bytes, mode: int = 0o644) -> None:
-        import paramiko
-
-        client = paramiko.SSHClient()
-        client.load_host_keys(str(self.workdir / "known_hosts"))
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        client.connect("127.0.0.1", port=self.port, username="root",
-                       key_filename=str(self.workdir / "id_ed25519"), allow_agent=False, look_for_keys=False)
-        try:
-            sftp = client.open_sftp()
-            with sftp.open(path, "wb") as fh:
-                fh.write(data)
-            sftp.chmod(path, mode)
-        finally:
-            client.close()
-
     def boot_id(self) -> str:
         with connect(self.target()) as g:
             return g.boot_history().boot_id
@@ -153,8 +171,11 @@ class PveGuestVM(GuestVM):
         time.sleep(3)
         while True:
             self.wait_ssh(timeout=max(10.0, timeout - (time.monotonic() - t0)))
-            if self.boot_id() != old_boot:
-                return time.monotonic() - t0
+            try:
+                if self.boot_id() != old_boot:
+                    return time.monotonic() - t0
+            except GuestError:
+                pass  # an abrupt reset (a watchdog) can come while the old boot answers: ask again
             if time.monotonic() - t0 > timeout:
                 raise TimeoutError("the guest did not reboot")
             time.sleep(2)

@@ -29,7 +29,10 @@ Steps (one image, three boots, two QEMU processes):
    record and it is not reported twice;
 6. start (the hookscript notes the QEMU run); ``qm stop`` through the API (QEMU killed: no dump)
    and start: ``collect`` says ``host_stop`` -- the new QEMU run is the boot end, the qmstop task
-   in the old run's lifetime explains it, as for a guest-read backend.
+   in the old run's lifetime explains it, as for a guest-read backend;
+7. ``qm reset`` through the API (QMP ``system_reset``, as qemu-server does): the guest restarts inside
+   the SAME QEMU process and ramoops gets no dump -- no new run; the guest's own boot id (asked over
+   SSH) changed within the run: ``host_reset``, once.
 
 Run alone: ``python3 -m pytest tests/vm/test_ivshmem_pve_e2e.py -q -s``.
 """
@@ -246,7 +249,20 @@ def test_provision_ivshmem_through_the_fake_api(pve_guest, fakepve, capsys):
     assert (doc["status"], doc["verdict"]) == ("collected", "host_stop"), doc
     assert _ok(cli("collect", str(VMID), "--json")).json["status"] == "nothing"  # once
 
+    # -- 7. qm reset: the guest restarts inside the same QEMU process, no dump, no new run ----------
+    timings["boot4"] = vm.wait_ssh()
+    assert _ok(cli("collect", str(VMID), "--json")).json["status"] == "nothing"  # the guest's boot is known
+    old, pid = vm.boot_id(), vm.proc.pid
+    time.sleep(1.2)
+    fake.handle("POST", f"/nodes/pve1/qemu/{VMID}/status/reset", {}, "root@pam")
+    assert "return" in vm.qmp("system_reset")  # what qemu-server's vm_reset sends
+    timings["reset"] = vm.wait_new_boot(old)
+    assert vm.proc.pid == pid and vm.running()
+    doc = _ok(cli("collect", str(VMID), "--json")).json
+    assert (doc["status"], doc["verdict"], doc["records"]) == ("collected", "host_reset", 0), doc
+    assert _ok(cli("collect", str(VMID), "--json")).json["status"] == "nothing"  # once
+
     timings["total"] = time.monotonic() - t_all
     with capsys.disabled():
-        print(f"\nivshmem pve e2e ({vm.boots} QEMU starts, 3 boots) timings (s): "
+        print(f"\nivshmem pve e2e ({vm.boots} QEMU starts) timings (s): "
               + ", ".join(f"{k}={v:.0f}" for k, v in timings.items()))

@@ -26,8 +26,11 @@ previous one left:
    off; Debian's 6.1 reports it as an RCU stall at 21 s, softlockup_panic=0); the host kills the
    hung QEMU; boot; the sweep: ``hang``, from the stall report the guest's journal kept (no
    pstore record, no task);
-9. a real OOM-kill report for VM 101's scope in the node's journal, QEMU killed; boot; the sweep:
-   ``host_oom_kill``; poweroff.
+9. a real OOM-kill report for VM 101's scope in the node's journal, QEMU killed; boot (now with
+   ``watchdog: model=i6300esb,action=reset``); the sweep: ``host_oom_kill``;
+10. the guest arms its i6300esb (heartbeat 5 s) and stops feeding it; QEMU's watchdog resets the
+   guest inside the same QEMU process; boot; the sweep: ``hang``, from the device's own
+   bootstatus (WDIOF_CARDRESET); poweroff.
 
 Run alone: ``pytest -m vm tests/vm/test_pve_e2e.py -s``.
 """
@@ -45,6 +48,7 @@ from pvepstore.guest import connect
 from tests.conftest import run_cli
 from tests.pipeline.receiver import Receiver
 
+from .harness import oops_module
 from .pvehost import PveGuestVM, copy_sparse, differing_ranges
 
 pytestmark = pytest.mark.vm
@@ -54,13 +58,6 @@ REASON = "kernel upgrade"
 OOPSMOD_GUEST = "/root/pvepstore_oops.ko"
 
 
-def _oops_module(release: str):
-    from tests.kernel.harness import build_oopsmod, stock_kernel
-
-    kernel = stock_kernel(release)
-    if not (kernel.builddir / "Makefile").exists():
-        pytest.skip(f"no kernel headers for {release} on this host")
-    return build_oopsmod(kernel)
 
 
 @pytest.fixture
@@ -153,7 +150,7 @@ def test_provision_sweep_and_offline_read_on_the_real_guest(pve_guest, fakepve, 
         assert _sweep(cli)["status"] == "nothing" and len(rx.requests) == 1
 
         # -- 4. a non-fatal Oops; after the next boot the guest shows its record ---------------
-        ko = _oops_module(release)
+        ko = oops_module(release)
         vm.put(OOPSMOD_GUEST, ko.read_bytes())
         vm.run(f"insmod {OOPSMOD_GUEST} && (sh -c 'echo oops > /proc/pvepstore_oops' 2>/dev/null; true)\n")
         time.sleep(3)  # the kernel writes the record ~0.5 s later
@@ -249,15 +246,41 @@ def test_provision_sweep_and_offline_read_on_the_real_guest(pve_guest, fakepve, 
         assert re.search(r"soft lockup|stall", ev["guest_journal"]["summary"]), ev["guest_journal"]
 
         # -- 9. the node's OOM killer kills the VM's QEMU: host_oom_kill, not unexpected_reset ----
+        from pvepstore.analysis.hostlog import QemuIds
+        from pvepstore.pve.qemuproc import qemu_ids
+        from pvepstore.vmstate import VmStateStore
         from tests.fakepve.hostlog import add_journal, real_oom_messages
+        # the sweeps recorded the real QEMU running this boot: its pid and its vCPU threads ("CPU 0/TCG")
+        seen = QemuIds.from_json(VmStateStore(fake.state_dir / "vms").load(VMID).get("qemu"))
+        assert seen is not None and seen.pid == vm.proc.pid and len(seen.threads) == vm.smp, seen
+        assert seen == qemu_ids(fake.paths, VMID)
         time.sleep(1)
         for m in real_oom_messages():  # a real kernel's kill of a "kvm" in qemu.slice/101.scope
             add_journal(fake, time.time(), m)
         vm.kill()
+        fake.set_config(VMID, watchdog="model=i6300esb,action=reset")  # the next QEMU has the device
         vm.start()
         timings["boot5"] = vm.wait_ssh()
         res = _sweep(cli)
         assert (res["status"], res["verdict"]) == ("collected", "host_oom_kill"), res
+
+        # -- 10. the guest's watchdog resets the unfed guest: hang, in the device's own words ----
+        before = qemu_ids(fake.paths, VMID)
+        assert vm.run("modprobe -r i6300esb; modprobe i6300esb heartbeat=5 && "
+                      "cat /sys/class/watchdog/watchdog0/bootstatus").strip() == b"0"
+        # opened, written once, closed without the magic 'V': the kernel keeps it running, unfed
+        old_boot = vm.boot_id()
+        vm.run("nohup sh -c 'sleep 1; echo 1 > /dev/watchdog0' >/dev/null 2>&1 &")
+        t0 = time.monotonic()
+        timings["boot6"] = vm.wait_new_boot(old_boot)
+        assert qemu_ids(fake.paths, VMID) == before  # the reset happened inside the same QEMU
+        assert vm.run("cat /sys/class/watchdog/watchdog0/bootstatus").strip() == b"32"
+        res = _sweep(cli)
+        assert (res["status"], res["verdict"]) == ("collected", "hang"), res
+        ev = {e["source"]: e for e in rx.requests[-1][2]["data"]["evidence"]}
+        assert ev["guest_watchdog"]["details"]["device"] == "i6300ESB timer", ev
+        assert "kept running" in ev["qemu"]["summary"] and "i6300esb" in ev["qemu"]["summary"], ev["qemu"]
+        timings["watchdog_reset"] = time.monotonic() - t0
         timings["poweroff3"] = vm.poweroff()
     timings["total"] = time.monotonic() - t_all
     with capsys.disabled():
