@@ -18,6 +18,15 @@ if _ROOT not in sys.path:
 def pytest_configure(config):
     config.addinivalue_line("markers", "vm: boots a debootstrapped Debian guest under QEMU and "
                                        "configures it over SSH (slow; needs root, debootstrap, QEMU)")
+    config.addinivalue_line("markers", "suites(*names): run the test once per Debian guest suite "
+                                       "(bookworm, trixie); unmarked tests run on bookworm only")
+
+
+def pytest_generate_tests(metafunc):
+    # one boot chain per backend on each further suite: only marked tests take the trixie guest
+    mark = metafunc.definition.get_closest_marker("suites")
+    if mark and "guest_image" in metafunc.fixturenames:
+        metafunc.parametrize("guest_image", list(mark.args), indirect=True, scope="session")
 
 
 def missing() -> str | None:
@@ -32,14 +41,14 @@ def missing() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def guest_image():
+def guest_image(request):
     why = missing()
     if why:
         pytest.skip(why)
     from tests.vm.image import ensure_image
 
     t0 = time.monotonic()
-    img = ensure_image("bookworm", log=lambda m: None)
+    img = ensure_image(getattr(request, "param", "bookworm"), log=lambda m: None)
     print(f"\nguest image {img.name} ready after {time.monotonic() - t0:.0f} s")
     return img
 

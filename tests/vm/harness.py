@@ -158,6 +158,36 @@ class GuestVM:
             self.kill()
             raise
 
+    # -- guest helpers -----------------------------------------------------------------
+    def run(self, script: str, *args: str, timeout: float = 120) -> bytes:
+        """A throwaway root shell script in the guest (test setup only; pvepstore has its own)."""
+        with connect(self.target()) as g:
+            res = g.transport.run("test", script, list(args), timeout=timeout)
+        if res.exit != 0:
+            raise RuntimeError(f"guest script failed ({res.exit}): {res.stderr[-2000:]!r}")
+        return res.stdout
+
+    def put(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        import paramiko
+
+        client = paramiko.SSHClient()
+        client.load_host_keys(str(self.workdir / "known_hosts"))
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        client.connect("127.0.0.1", port=self.port, username="root",
+                       key_filename=str(self.workdir / "id_ed25519"), allow_agent=False, look_for_keys=False)
+        try:
+            sftp = client.open_sftp()
+            parent = path.rsplit("/", 1)[0]
+            try:
+                sftp.stat(parent)
+            except OSError:  # e.g. /etc/default/grub.d: the seed's leftovers live in dirs Debian lacks
+                sftp.mkdir(parent)
+            with sftp.open(path, "wb") as fh:
+                fh.write(data)
+            sftp.chmod(path, mode)
+        finally:
+            client.close()
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             try:
@@ -165,3 +195,19 @@ class GuestVM:
             except ProcessLookupError:
                 pass
             self.proc.wait()
+
+
+def oops_module(release: str) -> Path:
+    """tests/kernel/oopsmod built for the guest's kernel: Debian 13's in its trixie build root (the
+    kernel's own gcc-14), Debian 12's against the host's headers (the image takes the host's release)."""
+    import pytest
+
+    from tests.kernel.harness import build_oopsmod, debian13_kernel, stock_kernel
+
+    kernel = stock_kernel(release)
+    if "+deb13" in release:
+        kernel = debian13_kernel()
+        assert kernel.release == release, (kernel.release, release)
+    elif not (kernel.builddir / "Makefile").exists():
+        pytest.skip(f"no kernel headers for {release} on this host")
+    return build_oopsmod(kernel)

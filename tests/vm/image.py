@@ -10,7 +10,8 @@ What is built (``python3 -m tests.vm.image [bookworm|trixie]``):
 * debootstrap ``--variant=minbase`` + systemd, udev, openssh-server, sudo,
   util-linux, kmod, initramfs-tools; the stock kernel package of the suite
   (``linux-image-<release>``; for bookworm the release of the host's headers
-  in /usr/src, so the oops module built on the host loads in the guest);
+  in /usr/src, for trixie the .deb that ``tests/kernel/debian13.py`` fetched and
+  built its trixie build root for, so the oops module built for it loads in the guest);
 * a persistent journal, static networking for QEMU's user net (10.0.2.15),
   ``/dev/vda`` as root;
 * a root SSH key pair generated here (``ssh/id_ed25519``), its public half in
@@ -93,7 +94,11 @@ def image_for(suite: str = "bookworm") -> GuestImage:
         release = os.environ.get("PVEPSTORE_VM_KERNEL") or host_headers_release() or "6.1.0-56-amd64"
         return GuestImage(f"debian12-{release}", suite, release, CACHE / f"debian12-{release}")
     if suite == "trixie":
-        return GuestImage("debian13", suite, "", CACHE / "debian13")
+        # the kernel of tests/kernel/debian13.py's cache, so that the test module built there loads
+        from tests.kernel import debian13
+
+        release = debian13.ensure()
+        return GuestImage(f"debian13-{release}", suite, release, CACHE / f"debian13-{release}")
     raise ValueError(f"unknown suite {suite}")
 
 
@@ -163,7 +168,13 @@ def _build(img: GuestImage, log) -> None:
     (root / "etc/apt/sources.list").write_text(
         f"deb {MIRROR} {img.suite} main\ndeb {MIRROR} {img.suite}-updates main\n"
         f"deb {SECURITY} {sec_suite} main\n")
-    kernel_pkg = f"linux-image-{img.release}" if img.release else "linux-image-amd64"
+    kernel_pkg = f"linux-image-{img.release}"
+    if img.suite == "trixie":  # the very .deb tests/kernel/debian13.py fetched (the mirror drops old ABIs)
+        from tests.kernel.debian13 import APT_DIR
+
+        deb = next(APT_DIR.glob(f"linux-image-{img.release}_*.deb"))
+        shutil.copy2(deb, root / "tmp" / deb.name)
+        kernel_pkg = f"/tmp/{deb.name}"
     (root / "etc/initramfs-tools/conf.d").mkdir(parents=True, exist_ok=True)
     # a small initramfs (only what a virtio root needs) boots much faster under TCG
     (root / "etc/initramfs-tools/conf.d/pvepstore-test.conf").write_text("MODULES=list\n")
@@ -191,8 +202,10 @@ rm -rf /var/lib/apt/lists/*
     if not kernels:
         raise RuntimeError("no kernel installed in the image")
     release = Path(kernels[-1]).name.removeprefix("vmlinuz-")
-    if img.release and release != img.release:
+    if release != img.release:
         raise RuntimeError(f"image kernel {release} != wanted {img.release}")
+    for deb in (root / "tmp").glob("linux-image-*.deb"):
+        deb.unlink()
     # SSH: a root key made here; sshd's host key is pinned by the harness.
     keydir = work / "ssh"
     keydir.mkdir()
@@ -227,8 +240,6 @@ chmod 440 /etc/sudoers.d/pvep
     if img.dir.exists():
         shutil.rmtree(img.dir)
     work.rename(img.dir)
-    if not img.release:  # trixie: record what we got
-        (img.dir / "release").write_text(release + "\n")
 
 
 if __name__ == "__main__":

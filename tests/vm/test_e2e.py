@@ -1,5 +1,5 @@
-"""End to end on a real Debian 12 guest: probe -> apply -> reboot -> verify -> Oops -> read
-through the guest -> host-side read of the powered-off disk -> clear -> undo.
+"""End to end on a real Debian guest, 12 (6.1) and 13 (6.12, systemd 257): probe -> apply -> reboot ->
+verify -> Oops -> read through the guest -> host-side read of the powered-off disk -> clear -> undo.
 
 One test, because every step needs the state the previous one left (each boot
 costs ~30 s under TCG).  Run alone with ``pytest -m vm tests/vm -s``.
@@ -21,6 +21,8 @@ from pvepstore.guest.blk_wishes import UNIT
 from pvepstore.guest.layout import PSTORE_DROPIN
 from pvepstore.pstore import read_image
 from tests.guest.conftest import assessed, managed_paths, plan_for, verify_for
+
+from .harness import oops_module
 
 pytestmark = pytest.mark.vm
 
@@ -68,28 +70,6 @@ def _sha_of(guest, paths) -> dict[str, str | None]:
     return out
 
 
-def _put(vm, path: str, data: bytes, mode: int = 0o644) -> None:
-    import paramiko
-
-    client = paramiko.SSHClient()
-    client.load_host_keys(str(vm.workdir / "known_hosts"))
-    client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    client.connect("127.0.0.1", port=vm.port, username="root", key_filename=str(vm.workdir / "id_ed25519"),
-                   allow_agent=False, look_for_keys=False)
-    try:
-        sftp = client.open_sftp()
-        parent = path.rsplit("/", 1)[0]
-        try:
-            sftp.stat(parent)
-        except OSError:
-            sftp.mkdir(parent)
-        with sftp.open(path, "wb") as fh:
-            fh.write(data)
-        sftp.chmod(path, mode)
-    finally:
-        client.close()
-
-
 def _reboot(vm, guest) -> float:
     old = guest.reboot()
     guest.close()
@@ -101,13 +81,6 @@ def _reboot(vm, guest) -> float:
     return time.monotonic() - t0
 
 
-def _oops_module(release: str):
-    from tests.kernel.harness import build_oopsmod, stock_kernel
-
-    kernel = stock_kernel(release)
-    if not (kernel.builddir / "Makefile").exists():
-        pytest.skip(f"no kernel headers for {release} on this host")
-    return build_oopsmod(kernel)
 
 
 def _host_keys_are_checked(vm):
@@ -133,6 +106,7 @@ def _host_keys_are_checked(vm):
     assert empty.read_text() == ""  # nothing was auto-added
 
 
+@pytest.mark.suites("bookworm", "trixie")
 def test_guest_lifecycle(vm, capsys):
     timings = {}
     t_all = time.monotonic()
@@ -140,7 +114,7 @@ def test_guest_lifecycle(vm, capsys):
     timings["boot"] = vm.wait_ssh()
     _host_keys_are_checked(vm)
 
-    # -- probe: the truth about a stock Debian 12 kernel --------------------------------
+    # -- probe: the truth about a stock Debian kernel (12: 6.1, 13: 6.12) ------------------
     with connect(vm.target()) as g:
         report = assessed(g, serial="pvepstore", disk_bytes=512 << 20)
         assert g.transport.round_trips == 1
@@ -153,10 +127,10 @@ def test_guest_lifecycle(vm, capsys):
         release = report.kernel
         for path, data in LEGACY.items():
             if path != "/etc/modules":
-                _put(vm, path, data)
+                vm.put(path, data)
         # /etc/modules exists in Debian: keep its bytes, append the seed's line
         before_modules = g.transport.run("cat", "cat /etc/modules\n", []).stdout
-        _put(vm, "/etc/modules", before_modules + b"ramoops\n")
+        vm.put("/etc/modules", before_modules + b"ramoops\n")
         touched = list(managed_paths()) + list(LEGACY) + ["/var/lib/pvepstore/manifest.json"]
         before = _sha_of(g, touched)
 
@@ -185,8 +159,8 @@ def test_guest_lifecycle(vm, capsys):
         assert hist.previous_kernel == release
 
         # -- a non-fatal Oops, written by the kernel ~0.5 s later ----------------------
-        ko = _oops_module(release)
-        _put(vm, OOPSMOD_GUEST, ko.read_bytes())
+        ko = oops_module(release)
+        vm.put(OOPSMOD_GUEST, ko.read_bytes())
         g.transport.run("oops", "insmod /root/pvepstore_oops.ko && "
                         "(sh -c 'echo oops > /proc/pvepstore_oops' 2>/dev/null; true)\n", [])
         time.sleep(3)
@@ -225,4 +199,4 @@ def test_guest_lifecycle(vm, capsys):
         assert g.undo().done == ["nothing to undo: pvepstore has not changed this guest"]
     timings["total"] = time.monotonic() - t_all
     with capsys.disabled():
-        print("\nguest e2e timings (s): " + ", ".join(f"{k}={v:.0f}" for k, v in timings.items()))
+        print(f"\nguest e2e ({vm.image.name}) timings (s): " + ", ".join(f"{k}={v:.0f}" for k, v in timings.items()))

@@ -1,5 +1,6 @@
 """End to end, efi_pstore backend, THROUGH THE FAKE PROXMOX API (issue 13, "Proof"): the real
-Debian 12 guest booted under OVMF as VM 101 of the fake PVE, with Proxmox's pflash arguments
+Debian 12 guest (6.1) and the Debian 13 one (6.12: efi_pstore registers as "efi_pstore", its files are
+dmesg-efi_pstore-<id>) booted under OVMF as VM 101 of the fake PVE, with Proxmox's pflash arguments
 and its efidisk0 -- first a qcow2 volume on the ``dir`` storage ``local`` (PVE's default there),
 then, after a ``qm disk move``, a raw volume on the LVM-thin storage ``local-lvm``.
 
@@ -41,6 +42,7 @@ import pytest
 
 from pvepstore.cli import ExitStatus
 from pvepstore.guest import connect
+from pvepstore.pstore import efi as efi_format
 from pvepstore.pve import efidisk, state
 from tests.conftest import run_cli
 from tests.guest.conftest import verify_for
@@ -128,6 +130,7 @@ def _incident_text(fake, incident: str) -> tuple[str, str]:
     return doc["source"], "\n".join(texts)
 
 
+@pytest.mark.suites("bookworm", "trixie")
 def test_efi_pstore_through_the_fake_api(efi_guest, fakepve, capsys, monkeypatch):
     (vm, qcow), fake = efi_guest, fakepve
     runner = fake.lvm_runner()
@@ -155,9 +158,10 @@ def test_efi_pstore_through_the_fake_api(efi_guest, fakepve, capsys, monkeypatch
     assert caps["panic"]["status"] == "yes" and caps["oops"]["status"] == "yes", caps
     assert not fake.writes(), [w.path for w in fake.writes()]  # efi_pstore needs no config change
     assert state.provision_record(cfg, VMID)["efidisk"] == qcow.volid
+    name = efi_format.name_for_release(doc["probe"]["kernel"])  # psinfo->name: "efi" (6.1), "efi_pstore" (>= 6.2)
     assert vm.run("cat /sys/module/pstore/parameters/backend /sys/module/printk/parameters/always_kmsg_dump\n"
-                  ).decode().split() == ["efi", "Y"]
-    # 10240 is 6.1's CONFIG_PSTORE_DEFAULT_KMSG_BYTES: pstorefs shows kmsg_bytes= only when it differs
+                  ).decode().split() == [name, "Y"]
+    # 10240 is 6.1's and 6.12's CONFIG_PSTORE_DEFAULT_KMSG_BYTES: pstorefs shows kmsg_bytes= only when it differs
     assert "kmsg_bytes=" not in vm.run("grep ' /sys/fs/pstore ' /proc/mounts\n").decode()
     with connect(vm.target()) as g:
         v = verify_for(g, "efi_pstore")
@@ -215,6 +219,8 @@ def test_efi_pstore_through_the_fake_api(efi_guest, fakepve, capsys, monkeypatch
     doc = _ok(cli("collect", str(VMID), "--json")).json
     assert (doc["status"], doc["verdict"]) == ("collected", "orderly_poweroff"), doc
     assert _incident_text(fake, doc["incident"])[0] == "efidisk"
+    # Shutdown dumps alone name no kernel: the host named them after the guest kernel the sweeps saw
+    assert all(f.startswith(f"dmesg-{name}-") for f in _record_files(fake, doc["incident"])), name
     assert fake.volume_bytes(raw.volid) == before
     (row,) = _ok(cli("status", "--json")).json["vms"]
     fill = int(row["store"].split("store ", 1)[1].split("%", 1)[0])
@@ -224,8 +230,13 @@ def test_efi_pstore_through_the_fake_api(efi_guest, fakepve, capsys, monkeypatch
 
     timings["total"] = time.monotonic() - t_all
     with capsys.disabled():
-        print(f"\nefi pve e2e ({vm.boots} QEMU starts, 3 boots) timings (s): "
+        print(f"\nefi pve e2e ({vm.image.name}, {vm.boots} QEMU starts, 3 boots) timings (s): "
               + ", ".join(f"{k}={v:.0f}" for k, v in timings.items()) + f"; store {row['store']}")
+
+
+def _record_files(fake, incident: str) -> list[str]:
+    doc = json.loads((fake.state_dir / "archive" / str(VMID) / incident / "records.json").read_text())
+    return [r["name"] for r in doc["records"]]
 
 
 def _wait_panic_record(cli, vm, timeout: float = 240) -> dict:

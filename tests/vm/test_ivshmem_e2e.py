@@ -1,10 +1,11 @@
-"""End to end, ivshmem backend, on the real Debian 12 guest: QEMU with exactly Proxmox's
-``ivshmem: size=1,name=pvepstore-100`` arguments (mem-path under the fake node's
+"""End to end, ivshmem backend, on the real Debian guests (12: 6.1; 13: 6.12, systemd 257): QEMU with
+exactly Proxmox's ``ivshmem: size=1,name=pvepstore-100`` arguments (mem-path under the fake node's
 ``host_root``/dev/shm) -> guest side provisioned over SSH (probe, plan, apply, verify)
 -> clean ``reboot`` inside the same QEMU process -> the host collects from the shm file
-WITHOUT SSH: ``orderly_reboot`` -> ``echo c > /proc/sysrq-trigger`` with kernel.panic=0
-(the guest hangs) -> the host collects from the LIVE file: ``kernel_panic`` with the
-panic text.
+WITHOUT SSH: ``orderly_reboot`` -> a non-fatal Oops, written into the live memory at once:
+``kernel_oops``, cleared there -> undo, byte for byte (ramoops unloaded) -> apply again ->
+``echo c > /proc/sysrq-trigger`` with kernel.panic=0 (the guest hangs) -> the host collects from
+the LIVE file: ``kernel_panic`` with the panic text.
 
 One QEMU process, two boots.  Run alone with ``pytest -m vm tests/vm/test_ivshmem_e2e.py -s``.
 """
@@ -18,7 +19,10 @@ import pytest
 from pvepstore.guest import connect
 from pvepstore.pve import ivshmem
 from tests.conftest import run_cli
-from tests.guest.conftest import assessed, plan_for, verify_for
+from tests.guest.conftest import assessed, managed_paths, plan_for, verify_for
+
+from .harness import oops_module
+from .test_e2e import OOPSMOD_GUEST, _sha_of
 
 pytestmark = pytest.mark.vm
 
@@ -50,6 +54,7 @@ def _incident_text(config, incident: str) -> str:
     return r.stdout
 
 
+@pytest.mark.suites("bookworm", "trixie")
 def test_ivshmem_panic_and_clean_reboot(vm, fakepve, capsys):
     timings = {}
     t_all = time.monotonic()
@@ -76,6 +81,9 @@ def test_ivshmem_panic_and_clean_reboot(vm, fakepve, capsys):
             "oops": "yes", "panic": "yes", "shutdown": "yes", "emergency_restart": "yes",
             "console": "no", "pmsg": "no"}
         assert not r.blockers, r.problems
+        release = r.kernel
+        touched = list(managed_paths()) + ["/var/lib/pvepstore/manifest.json"]
+        before = _sha_of(g, touched)
         plan = plan_for(g, r)
         assert plan.settings["console_size"] == plan.settings["pmsg_size"] == 0
         res = g.apply(plan)
@@ -99,6 +107,25 @@ def test_ivshmem_panic_and_clean_reboot(vm, fakepve, capsys):
     assert "Shutdown" in _incident_text(config, doc["incident"])
     assert _collect(config)["status"] == "nothing"  # the zone was cleared in the live memory
 
+    # -- a non-fatal Oops: ramoops writes it into the live memory at once; the host collects it ----
+    vm.put(OOPSMOD_GUEST, oops_module(release).read_bytes())
+    vm.run(f"insmod {OOPSMOD_GUEST} && (sh -c 'echo oops > /proc/pvepstore_oops' 2>/dev/null; true)\n")
+    doc = _collect(config)
+    assert (doc["status"], doc["verdict"], doc["records"]) == ("collected", "kernel_oops", 1), doc
+    assert "pvepstore_oops" in _incident_text(config, doc["incident"])
+    assert _collect(config)["status"] == "nothing"
+
+    # -- undo: every touched file back, byte for byte, ramoops unloaded; then apply again -----------
+    t0 = time.monotonic()
+    with connect(vm.target()) as g:
+        res = g.undo()
+        assert res.ok, res.failures
+        assert _sha_of(g, touched) == before
+        assert g.transport.run("m", "cat /sys/module/pstore/parameters/backend\n", []).stdout.strip() in (b"", b"(null)")
+        res = g.apply(plan_for(g, assessed(g, "ivshmem", disk_bytes=None)))
+        assert res.ok and "ran load-ramoops" in res.done, res.failures
+    timings["undo_reapply"] = time.monotonic() - t0
+
     # -- panic, kernel.panic=0: the guest hangs; the host reads the live file ------------
     with connect(vm.target()) as g:
         g.transport.run("panic", "sysctl -qw kernel.panic=0; sync; "
@@ -117,4 +144,4 @@ def test_ivshmem_panic_and_clean_reboot(vm, fakepve, capsys):
     vm.kill()
     timings["total"] = time.monotonic() - t_all
     with capsys.disabled():
-        print("\nivshmem e2e timings (s): " + ", ".join(f"{k}={v:.0f}" for k, v in timings.items()))
+        print(f"\nivshmem e2e ({vm.image.name}) timings (s): " + ", ".join(f"{k}={v:.0f}" for k, v in timings.items()))
