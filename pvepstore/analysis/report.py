@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from importlib import resources
 from typing import Sequence
 
+from .. import __version__
 from ..pstore.model import Kind, ParseResult, Record
 from .crash import Crash
 from .limits import image_budget
@@ -24,6 +25,8 @@ from .verdict import Verdict, decide
 SCHEMA = "incident-v1"
 SCHEMA_URI = "urn:pvepstore:schema:incident-v1"
 SCHEMA_FILE = "incident-v1.schema.json"
+# Who wrote the report, as a product token (RFC 9110 User-Agent form): receivers may key on versions.
+GENERATOR = f"pvepstore/{__version__}"
 TEXT_LIMIT = 16 * 1024
 
 
@@ -76,6 +79,7 @@ def build_incident(*, verdict: Verdict, crashes: list[tuple[Crash, str | None]],
         crash_docs.append(doc)
     return {
         "schema": SCHEMA,
+        "generator": GENERATOR,
         "generated_at": _iso(now),
         "vm": vm,
         "image": image,

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..analysis.report import GENERATOR
 from ..errors import ConfigError
 from ..durable import read_json, write_atomic, write_json
 
-USER_AGENT = "pvepstore"
+USER_AGENT = GENERATOR
 # journald MESSAGE_ID for pvepstore incidents (a fixed random 128-bit id, as sd-id128 wants).
 MESSAGE_ID = "6f1c2b7e9d4a4c0fb1a3e5d7c9b2a4f6"
 
