@@ -188,7 +188,8 @@ class Config:
     scope: ScopeConfig = ScopeConfig()
     collect: CollectConfig = CollectConfig()
     retention: RetentionConfig = RetentionConfig()
-    sinks: tuple[Mapping[str, Any], ...] = ()
+    # None: no sinks: key (pve-notify where the node has PVE's notification system); (): none at all
+    sinks: tuple[Mapping[str, Any], ...] | None = None
     vms: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
     source: str | None = None  # the file this came from (for messages)
 
@@ -321,9 +322,9 @@ def _vms(raw: Any) -> dict[int, dict]:
     return vms
 
 
-def _sinks(raw: Any) -> tuple[Mapping[str, Any], ...]:
+def _sinks(raw: Any) -> tuple[Mapping[str, Any], ...] | None:
     if raw is None:
-        return ()
+        return None
     if not isinstance(raw, list):
         raise ConfigError(f"sinks: must be a list of mappings, each with a type (got {shown(raw)})")
     from .configsinks import check_sinks

@@ -18,6 +18,7 @@ if [ "$want_test" = 1 ]; then
     pkgs+=(qemu-system-x86 qemu-utils busybox-static linux-image-amd64 linux-headers-amd64
            build-essential kmod cpio xz-utils openssh-client openssh-server
            debootstrap e2fsprogs  # tests/vm: the debootstrapped Debian guest image
+           perl  # the pve-notify sink's tests run its Perl side against a stand-in PVE::Notify
            ovmf)  # the efi_pstore tests: a real OVMF vars file (and tests/kernel efi fixtures)
 fi
 missing=()

@@ -30,11 +30,11 @@ def _pipeline(env: Environment):
     from ..pipeline.archive import Archive
     from ..pipeline.collect import Collector, VmState
     from ..pipeline.outbox import Outbox
-    from ..pipeline.sinks import build_sinks
+    from ..pipeline.sinks import configured_sinks
 
     cfg = env.load_config()
     state = Path(cfg.state_dir)
-    sinks = build_sinks(list(cfg.sinks))
+    sinks, _ = configured_sinks(cfg.sinks, cfg.host_root)
     collector = Collector(Archive(state / "archive"), Outbox(state / "outbox"), VmState(state / "vms"),
                           [s.name for s in sinks])
     return cfg, collector, sinks

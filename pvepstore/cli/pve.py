@@ -109,12 +109,18 @@ def status_command(
 ) -> None:
     """Every VM in scope: running, backend, provisioned, disk, pending, verified, last collection (and the
     backend's store line, e.g. an efidisk0's fill level)."""
+    from ..pipeline.sinks import configured_sinks
+
     env = env_of(ctx)
-    context = prov.make_context(env.load_config())
+    cfg = env.load_config()
+    context = prov.make_context(cfg)
     rows = prov.status(context)
+    sinks, origin = configured_sinks(cfg.sinks, cfg.host_root)
     if as_json:
-        _dump(env, {"vms": [r.to_json() for r in rows]})
+        _dump(env, {"vms": [r.to_json() for r in rows],
+                    "sinks": {"origin": origin.value, "names": [s.name for s in sinks]}})
         return
+    env.out(_sinks_line(sinks, origin))
     if not rows:
         env.out("no VMs in scope (scope.vms, scope.tag or scope.all in the config)")
         return
@@ -128,6 +134,20 @@ def status_command(
             env.out(f"{'':>6} {terminal_safe(r.store)}")
         for line in capture_lines(r):
             env.out(f"{'':>6} {terminal_safe(line)}")
+
+
+def _sinks_line(sinks, origin) -> str:
+    from ..pipeline.sinks import SinkOrigin
+
+    if origin is SinkOrigin.DEFAULT:
+        return ("incidents go to: pve-notify (the default: no sinks configured, and this node has PVE's "
+                "notification system; its matchers route them, type=pvepstore)")
+    if origin is SinkOrigin.NONE:
+        return ("incidents go to: the archive only (no sinks configured, and no PVE notification system "
+                "on this host; add sinks: to the config)")
+    if not sinks:
+        return "incidents go to: the archive only (sinks: [] in the config)"
+    return "incidents go to: " + ", ".join(s.name for s in sinks)
 
 
 def read_command(

@@ -1,4 +1,5 @@
-"""Where incident events go: webhook (CloudEvents), Alertmanager v2, journald/syslog, textfile metrics.
+"""Where incident events go: webhook (CloudEvents), Alertmanager v2, journald/syslog, textfile metrics,
+the node's own notification system (``pvenotify``).
 
 Every sink takes the CloudEvent built by ``analysis.report`` and raises on
 failure; the outbox retries.  Secrets (auth headers) never reach log lines.
@@ -12,11 +13,13 @@ import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from enum import Enum
+from typing import Any, Mapping, Sequence
 
 from ..analysis.report import GENERATOR
 from ..errors import ConfigError
 from ..durable import read_json, write_atomic, write_json
+from .pvenotify import PveNotifySink, Route, route
 
 USER_AGENT = GENERATOR
 # journald MESSAGE_ID for pvepstore incidents (a fixed random 128-bit id, as sd-id128 wants).
@@ -177,10 +180,27 @@ def _prom(value: str) -> str:
 
 
 SINK_TYPES = {"webhook": WebhookSink, "alertmanager": AlertmanagerSink, "journald": JournalSink,
-              "textfile": TextfileSink}
+              "textfile": TextfileSink, "pve-notify": PveNotifySink}
 
 
-def build_sinks(specs: list[Mapping[str, Any]]) -> list:
+class SinkOrigin(str, Enum):
+    """Where the sinks in use came from."""
+
+    CONFIGURED = "configured"  # the configuration's sinks: list (an empty list means none)
+    DEFAULT = "default"  # no sinks: key, and the node has PVE's notification system: pve-notify
+    NONE = "none"  # no sinks: key and no notification system: incidents are archived only
+
+
+def configured_sinks(sinks: Sequence[Mapping[str, Any]] | None, host_root: str = "/") -> tuple[list, SinkOrigin]:
+    """The sinks in use: the configured ones, else pve-notify where the node can take it."""
+    if sinks is not None:
+        return build_sinks(list(sinks), host_root=host_root), SinkOrigin.CONFIGURED
+    if route(host_root) is Route.NOTIFY:
+        return [PveNotifySink(host_root=host_root)], SinkOrigin.DEFAULT
+    return [], SinkOrigin.NONE
+
+
+def build_sinks(specs: list[Mapping[str, Any]], *, host_root: str = "/") -> list:
     """Sinks from the ``sinks:`` list of the configuration (validated there)."""
     sinks = []
     names: set[str] = set()
@@ -198,6 +218,8 @@ def build_sinks(specs: list[Mapping[str, Any]]) -> list:
                 raise ConfigError(f"sinks.{i}.auth_header_file: cannot read {header_file}: {exc.strerror}") from None
             spec["headers"] = {**spec.get("headers", {}), "Authorization": value}
         spec.setdefault("name", kind if kind not in names else f"{kind}-{i}")
+        if "host_root" in getattr(cls, "INJECTED", ()):
+            spec["host_root"] = host_root
         try:
             sink = cls(**spec)
         except TypeError as exc:
