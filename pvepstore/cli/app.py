@@ -42,11 +42,12 @@ def _root(ctx: typer.Context,
 
 
 # The commands, registered here (their modules do not know the app: no import cycle).
-from . import collect, explain, guest, hook, parse, pve  # noqa: E402
+from . import collect, explain, guest, hook, notify, parse, pve  # noqa: E402
 
 COMMANDS = [("parse", parse.parse_command, {}), ("explain", explain.explain_command, {}),
             ("collect", collect.collect_command, {}), ("sweep", collect.sweep_command, {}),
             ("reboot", collect.reboot_command, {}), ("install-timer", collect.install_timer, {}),
+            ("notify-test", notify.notify_test_command, {}),
             ("hook", hook.hook_command, {"hidden": True}),
             ("provision", pve.provision_command, {}), ("unprovision", pve.unprovision_command, {}),
             ("status", pve.status_command, {}), ("read", pve.read_command, {})]

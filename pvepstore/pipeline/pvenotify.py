@@ -144,6 +144,14 @@ class PveNotifySink:
         else:
             raise RuntimeError("this host has neither PVE::Notify nor sendmail (not a Proxmox VE node?)")
 
+    def describe(self) -> str:
+        how = route(self.host_root)
+        if how is Route.NOTIFY:
+            return f"PVE::Notify, template {TEMPLATE}, type={TYPE}: the node's matchers route it"
+        if how is Route.MAIL:
+            return "sendmail root: this node's PVE::Notify takes no named templates (or is missing)"
+        return "neither PVE::Notify nor sendmail on this host"
+
     def ensure_templates(self) -> list[Path]:
         """Write pvepstore's templates into the override directory where no copy exists."""
         root = Path(self.host_root)

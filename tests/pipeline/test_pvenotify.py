@@ -199,3 +199,32 @@ def test_status_says_where_incidents_go(fakepve):
     r = run_cli("--config", str(fakepve.config_file()), "status")
     assert "incidents go to: pve-notify (the default" in r.stdout
     shutil.rmtree(Path(fakepve.host_root) / "usr/share/perl5")
+
+
+def test_notify_test_sends_one_valid_test_event_to_every_sink_and_says_what_each_answered(tmp_path, fakepve):
+    import jsonschema
+
+    from pvepstore.analysis.report import load_schema
+    from tests.pipeline.receiver import Receiver
+
+    pve_node(Path(fakepve.host_root))
+    prom = tmp_path / "prom" / "pvepstore.prom"
+    prom.parent.mkdir()
+    with Receiver() as rx:
+        sinks = [{"type": "pve-notify"}, {"type": "webhook", "url": rx.url + "/hook"},
+                 {"type": "textfile", "path": str(prom)}, {"type": "webhook", "url": "http://127.0.0.1:9/x",
+                                                            "name": "down", "timeout": 2}]
+        r = run_cli("--config", str(fakepve.config_file(sinks=sinks)), "notify-test")
+        assert r.status == 8, r.stderr
+        lines = r.stdout.splitlines()
+        assert lines[0].startswith("pve-notify: ok: accepted (PVE::Notify, template pvepstore-incident")
+        assert lines[1] == "webhook: ok: accepted" and lines[2].startswith("textfile: ok: would write ")
+        assert lines[3].startswith("down: FAILED: ")
+        [(_, _, ev)] = rx.requests
+    jsonschema.validate(ev, load_schema())
+    assert ev["source"] == "pvepstore://pve1/notify-test" and ev["data"]["verdict"]["reason_code"] == "notify_test"
+    [call] = calls(Path(fakepve.host_root))
+    assert call["severity"] == "info" and "test notification" in call["data"]["summary"]
+    assert not prom.exists() and not (fakepve.state_dir / "outbox").exists()
+    r = run_cli("--config", str(fakepve.config_file(sinks=[])), "notify-test")
+    assert r.status == 4 and "no sinks to test (sinks: [] in the config)" in r.stderr
