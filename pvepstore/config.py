@@ -151,6 +151,8 @@ class CollectConfig:
     vm_timeout: float = _key(300.0, _TIMEOUT)  # seconds one VM may take before the sweep moves on
     max_record_bytes: int = _key(4 << 20, Spec(Kind.INT, lo=4096, hi=1 << 30))  # per record read via the guest
     offline: bool = _key(True, Spec(Kind.BOOL))  # read stopped VMs' volumes on the host
+    # pvepstore's own health, rewritten after every sweep (node_exporter's textfile collector)
+    metrics_file: str | None = _key(None, Spec(Kind.PATH, optional=True))
 
 
 @dataclass(frozen=True)

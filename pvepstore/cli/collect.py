@@ -16,7 +16,7 @@ from typing import Optional
 
 import typer
 
-from ..errors import ConfigError, InputError, UsageError
+from ..errors import ConfigError, InputError, PvepstoreError, UsageError
 from ..text import terminal_safe
 from .environment import env_of
 from .environment import Environment
@@ -117,6 +117,14 @@ def sweep_command(ctx: typer.Context,
                 env.stderr.write("\n")
             r = cfg.retention
             collector.archive.prune(Retention(r.max_incidents_per_vm, r.max_age_days, r.max_total_mib))
+            if cfg.collect.metrics_file:
+                from ..pipeline.selfmetrics import after_sweep
+
+                try:
+                    after_sweep(cfg, api, refs, result, collector.outbox, time.time())
+                except (OSError, PvepstoreError) as exc:  # the sweep's work is done; only its report failed
+                    why = getattr(exc, "message", None) or getattr(exc, "strerror", None) or str(exc)
+                    env.stderr.write(f"pvepstore: cannot write {cfg.collect.metrics_file}: {terminal_safe(why)}\n")
     except SweepBusy as exc:
         env.stderr.write(f"pvepstore: {exc}; nothing to do\n")
         return ExitStatus.SUCCESS

@@ -8,17 +8,18 @@ The decision itself (:func:`pvepstore.backends.auto.choose`) and the matrix
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Iterable
 
 from ..backends import registry
 from ..backends.auto import AutoDecision, choose
 from ..backends.capture import Cell, IvshmemPolicy, VmFacts, matrix
 from ..config import Config
-from ..errors import PveError
+from ..errors import PveError, PvepstoreError
 from ..pve.api import PveApi
 from ..pve.cluster import ha_vmids, replicated_vmids
 from ..pve.inventory import VmRef
-from .handles import recorded_backend
+from .handles import BackendChoice, recorded_backend, vm_backend
 from .preflight import effective_privileges
 
 
@@ -81,3 +82,31 @@ def decide(cfg: Config, facts: VmFacts) -> AutoDecision:
 def capture_cells(facts: VmFacts, backend: str) -> list[Cell]:
     """The capture matrix of the VM set up with ``backend``."""
     return matrix(registry.get(backend), registry.all_backends(), facts)
+
+
+def effective_backend(cfg: Config, facts: VmFacts) -> tuple[BackendChoice, AutoDecision | None]:
+    """The backend collect and read use (the config's, else the one provision recorded) and, under
+    ``auto``, its decision; a VM with nothing set up yet shows what provision would set up."""
+    choice = vm_backend(cfg, facts.vmid)
+    auto = None
+    if is_auto(cfg, facts.vmid):
+        auto = decide(cfg, facts)
+        if choice.source == "default":
+            choice = replace(choice, backend=auto.backend)
+    return choice, auto
+
+
+def capture_by_vm(cfg: Config, api: PveApi, refs: Iterable[VmRef]) -> dict[int, list[Cell]]:
+    """Each VM's capture matrix (one config read per VM, the cluster facts once); a VM whose config
+    cannot be read is left out (the metrics then lack its series rather than claim a no)."""
+    refs = list(refs)
+    cluster = ClusterFacts(cfg, api, refs)
+    out: dict[int, list[Cell]] = {}
+    for ref in refs:
+        try:
+            conf = dict(api.get(f"nodes/{ref.node}/qemu/{ref.vmid}/config", current=1) or {})
+            facts = cluster.for_vm(ref.vmid, ref.node, conf)
+            out[ref.vmid] = capture_cells(facts, effective_backend(cfg, facts)[0].backend)
+        except PvepstoreError:
+            continue
+    return out

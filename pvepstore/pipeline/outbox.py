@@ -71,6 +71,15 @@ class Outbox:
                    {"event": event, "pending": list(sinks), "attempts": {}}, base=self.base)
         return True
 
+    def backlog(self, now: float | None = None) -> tuple[int, float | None]:
+        """Events not yet delivered everywhere, and the oldest one's age in seconds (from its spool
+        name: the nanosecond clock when it was spooled)."""
+        entries = self._entries()
+        if not entries:
+            return 0, None
+        first = int(entries[0].name.split("-")[0]) / 1e9
+        return len(entries), max(0.0, (self.clock() if now is None else now) - first)
+
     def pending(self) -> list[dict]:
         return [read_json(p) for p in self._entries()]
 

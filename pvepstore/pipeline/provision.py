@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..backends import registry
@@ -29,7 +29,7 @@ from ..pve.commands import CommandRunner
 from ..pve.disks import DetachResult
 from ..pve.inventory import in_scope, list_vms, locate
 from ..backends.auto import AutoDecision
-from .autoselect import ClusterFacts, capture_cells, decide, is_auto
+from .autoselect import ClusterFacts, capture_cells, decide, effective_backend, is_auto
 from .handles import vm_backend
 from .provision_common import _remember_verify, _running
 
@@ -182,14 +182,9 @@ def status(ctx: Context) -> list[VmStatus]:
                        verified.get("ok") if verified else None, doc.get("last_collection"))
         try:
             row.running = _running(ctx, vm.node, vm.vmid)
-            # the backend collect and read use: the config's, else the one provision recorded
-            choice = vm_backend(cfg, vm.vmid)
             conf = dict(api.get(f"nodes/{vm.node}/qemu/{vm.vmid}/config", current=1) or {})
             facts = cluster.for_vm(vm.vmid, vm.node, conf)
-            if is_auto(cfg, vm.vmid):
-                row.auto = decide(cfg, facts)
-                if choice.source == "default":  # nothing set up yet: what provision would set up
-                    choice = replace(choice, backend=row.auto.backend)
+            choice, row.auto = effective_backend(cfg, facts)
             row.backend = choice.backend
             registry.get(row.backend).status_row(ctx, vm, row)
             row.capture = capture_cells(facts, row.backend)

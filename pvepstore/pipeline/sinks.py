@@ -150,7 +150,7 @@ def _journal_field(key: str, value: str) -> bytes:
 class TextfileSink:
     """node_exporter textfile collector: counters per VM and verdict, rewritten atomically.
 
-    Labels are vmid and kind only (both bounded); incident ids never become labels.
+    Labels are id (``qemu/<vmid>``), vmid and kind only (all bounded); incident ids never become labels.
     """
 
     path: str
@@ -171,7 +171,9 @@ class TextfileSink:
                  "# TYPE pvepstore_incidents_total counter"]
         for k in sorted(state["counts"]):
             vmid, kind = k.split("|", 1)
-            lines.append(f'pvepstore_incidents_total{{vmid="{_prom(vmid)}",kind="{_prom(kind)}"}} {state["counts"][k]}')
+            # id="qemu/<vmid>": prometheus-pve-exporter's label, so rules can join pve_guest_info
+            lines.append(f'pvepstore_incidents_total{{id="qemu/{_prom(vmid)}",vmid="{_prom(vmid)}",'
+                         f'kind="{_prom(kind)}"}} {state["counts"][k]}')
         write_atomic(target, ("\n".join(lines) + "\n").encode(), mode=0o644)
 
 

@@ -105,8 +105,8 @@ def test_textfile_metrics_count_per_vm_and_kind_without_ids(tmp_path):
     sink.send(event(2))  # a resend is not a new incident
     sink.send(event(3, vmid=102, kind="unexpected_reset"))
     text = prom.read_text()
-    assert 'pvepstore_incidents_total{vmid="101",kind="kernel_oops"} 2' in text
-    assert 'pvepstore_incidents_total{vmid="102",kind="unexpected_reset"} 1' in text
+    assert 'pvepstore_incidents_total{id="qemu/101",vmid="101",kind="kernel_oops"} 2' in text
+    assert 'pvepstore_incidents_total{id="qemu/102",vmid="102",kind="unexpected_reset"} 1' in text
     assert f"{1:064x}" not in text
 
 
