@@ -14,6 +14,7 @@ Writes go through :meth:`PveApi.write`; with ``dry_run`` they are recorded
 from __future__ import annotations
 
 import re
+import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
@@ -251,7 +252,7 @@ def _server_errors(errors: Any) -> dict[str, str]:
 
 def _translate(exc: Any, method: str, path: str) -> ApiError:
     status = getattr(exc, "status_code", 0) or 0
-    raw_errors = getattr(exc, "errors", None)
+    raw_errors = _errors_of(exc)
     content = getattr(exc, "content", "") or ""
     suffix = f" - {raw_errors}"  # proxmoxer appends the repr of ``errors`` to ``content``
     if raw_errors is not None and isinstance(content, str) and content.endswith(suffix):
@@ -302,7 +303,15 @@ def connect(cfg: Config, *, dry_run: bool = False) -> PveApi:
     api = cfg.api
     if api.backend == "local":
         from proxmoxer import ProxmoxAPI
-        prox = ProxmoxAPI(backend="local", timeout=api.timeout)
+        try:
+            prox = ProxmoxAPI(backend="local", timeout=api.timeout)
+        except (NotImplementedError, ImportError):  # proxmoxer < 2.0 (Debian 12's python3-proxmoxer 1.2)
+            import proxmoxer
+
+            raise ConfigError(f"api.backend: local needs proxmoxer >= 2.0 (this is {proxmoxer.__version__}: "
+                              "Debian 12 ships 1.2, without a pvesh backend)",
+                              hint="use api.backend: https with an API token, or install proxmoxer 2 "
+                                   "(Debian 13's python3-proxmoxer, or pipx)") from None
         return PveApi(prox, backend="local", endpoint="pvesh (local)", dry_run=dry_run)
     secret = api.secret()
     if not secret:
@@ -333,9 +342,38 @@ def _size_connection_pool(prox: Any, workers: int) -> None:
     """
     from requests.adapters import HTTPAdapter
 
-    session = prox._backend.get_session()  # proxmoxer's https backend keeps one requests.Session
+    # The session every call goes through (``_backend.get_session()`` would make a new, unused one:
+    # proxmoxer 1.2 and 2.x build a fresh session on each call of it).
+    session = prox._store["session"]
     adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(10, workers))
     session.mount("https://", adapter)
     # The endpoint and its CA are configured explicitly; do not consult proxy and CA
     # environment variables on every call (requests does, and it is a large share of a call).
     session.trust_env = False
+    # proxmoxer < 2 drops the body's "errors" of a refused call (its serializer returns "data" only):
+    # keep it per thread, so the message can still name the parameter Proxmox refused.
+    session.hooks.setdefault("response", []).append(_keep_error_body)
+
+
+_LAST_ERROR = threading.local()
+
+
+def _keep_error_body(resp, *args, **kwargs):
+    if resp.status_code >= 400:
+        try:
+            errors = resp.json().get("errors") if len(resp.content) <= 64 << 10 else None
+        except (ValueError, AttributeError):
+            errors = None
+        _LAST_ERROR.value = (resp.status_code, errors)
+    return resp
+
+
+def _errors_of(exc: Any) -> Any:
+    """The exception's ``errors``, or (proxmoxer < 2) those the response hook kept for its status."""
+    errors = getattr(exc, "errors", None)
+    if errors is None:
+        kept = getattr(_LAST_ERROR, "value", None)
+        _LAST_ERROR.value = None
+        if kept is not None and kept[0] == getattr(exc, "status_code", None) and isinstance(kept[1], dict):
+            return kept[1]
+    return errors

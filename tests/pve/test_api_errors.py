@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from hypothesis import given, settings, strategies as st
 from proxmoxer.core import ResourceException
 
@@ -52,3 +54,29 @@ def test_hints_follow_from_what_was_said():
     assert param.message.endswith("hookscript: script 'local:snippets/x.sh' does not exist")
     assert "parameter hookscript" in param.hint and "root" not in param.hint and "token" not in param.hint
     assert param.errors == {"hookscript": "script 'local:snippets/x.sh' does not exist"}
+
+
+def test_the_session_calls_go_through_is_the_tuned_one(fakepve):
+    from pvepstore.pve.api import connect
+
+    api = connect(fakepve.load_config(collect={"concurrency": 32}))
+    session = api.prox._store["session"]  # the one proxmoxer sends every request through
+    assert session.trust_env is False and session.get_adapter("https://x").poolmanager.connection_pool_kw[
+        "maxsize"] == 32
+    assert api.get("version")["version"]
+
+
+def test_local_backend_on_an_old_proxmoxer_is_a_config_error(monkeypatch):
+    import proxmoxer
+
+    from pvepstore.config import parse_config
+    from pvepstore.errors import ConfigError
+    from pvepstore.pve.api import connect
+
+    def old(*args, **kwargs):  # proxmoxer 1.2: "local" is not among PVE's supported backends
+        raise NotImplementedError("local backend not supported for PVE service")
+
+    monkeypatch.setattr(proxmoxer, "ProxmoxAPI", old)
+    with pytest.raises(ConfigError, match=r"api.backend: local needs proxmoxer >= 2.0") as exc:
+        connect(parse_config({"api": {"backend": "local"}}))
+    assert "api.backend: https" in exc.value.hint
