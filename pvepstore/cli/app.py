@@ -62,6 +62,15 @@ def main(args: Sequence[str] | None = None, env: Environment | None = None) -> E
     env = env or Environment()
     args = list(sys.argv[1:] if args is None else args)
     command = typer.main.get_command(app)
+    if "_PVEPSTORE_COMPLETE" in env.environ:  # bash asks for completions (contrib/pvepstore.bash-completion)
+        from typer.completion import completion_init
+
+        completion_init()
+        try:
+            command.main(args=args, prog_name=env.program_name, standalone_mode=False, obj=env)
+        except SystemExit as done:
+            return ExitStatus(done.code or 0) if (done.code or 0) in ExitStatus._value2member_map_ else ExitStatus.ERROR
+        return ExitStatus.SUCCESS
     try:
         rv = command.main(args=args, prog_name=env.program_name, standalone_mode=False, obj=env)
     except PvepstoreError as exc:
