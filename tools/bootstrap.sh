@@ -19,6 +19,8 @@ if [ "$want_test" = 1 ]; then
            build-essential kmod cpio xz-utils openssh-client openssh-server
            debootstrap e2fsprogs  # tests/vm: the debootstrapped Debian guest image
            perl  # the pve-notify sink's tests run its Perl side against a stand-in PVE::Notify
+           debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools lintian man-db
+           # ^ tests/packaging: the .deb is built, linted and installed into clean Debian 12/13 roots
            ovmf)  # the efi_pstore tests: a real OVMF vars file (and tests/kernel efi fixtures)
 fi
 missing=()

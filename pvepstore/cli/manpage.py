@@ -12,6 +12,7 @@ import re
 from typing import Iterable
 
 from .. import __version__
+from ..pipeline.pvenotify import OVERRIDE_TEMPLATES, TEMPLATE, VENDOR_TEMPLATES
 
 DATE = "2026-12"  # the page's date: bumped with the version, not with each build (reproducible)
 
@@ -28,8 +29,9 @@ FILES = [
     ("/var/lib/pvepstore", "state: per-VM state, the incident archive, the outbox"),
     ("/usr/lib/systemd/system/pvepstore-sweep.timer", "the sweep every 5 minutes (enable it: "
      "systemctl enable --now pvepstore-sweep.timer)"),
-    ("/etc/pve/notification-templates/default/pvepstore-incident-*.txt.hbs",
-     "the notification templates pvepstore installs where no copy exists"),
+    (f"/{OVERRIDE_TEMPLATES}/{TEMPLATE}-*.txt.hbs",
+     "an admin's own copies of the notification templates (they take precedence)"),
+    (f"/{VENDOR_TEMPLATES}/{TEMPLATE}-*.txt.hbs", "the packaged notification templates"),
 ]
 
 EXIT = [(0, "success"), (1, "internal error (a bug)"), (2, "bad arguments"), (3, "an input cannot be read"),

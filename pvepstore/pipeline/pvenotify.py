@@ -16,9 +16,10 @@ Versions (read in pve-cluster, pve-manager and proxmox-notify):
   form and mails root instead.
 * Templates are read from ``/etc/pve/notification-templates/default/`` (an admin's override, cluster
   wide) before ``/usr/share/pve-manager/templates/default/`` (the vendor's) from proxmox-notify 0.5.4
-  (PVE 8.4).  pvepstore installs its templates into the override directory when neither holds them
-  and never overwrites a copy that exists (an admin's edits win).  PVE 8.2.3-8.3 read only the vendor
-  directory: there the templates must be copied there (the error says so).
+  (PVE 8.4).  pvepstore's Debian package ships its templates into the vendor directory (read by every
+  PVE >= 8.2.3); run from source, pvepstore writes them into the override directory when neither
+  holds them, and never overwrites a copy that exists (an admin's edits win).  PVE 8.2.3-8.3 read
+  only the vendor directory: there, without the package, they must be copied there (the error says so).
 * ``common_template_data`` (hostname, fqdn, cluster name) from PVE 8.4; before, pvepstore passes the
   hostname and fqdn itself.
 
@@ -79,9 +80,15 @@ class Route(str, Enum):
     NONE = "none"  # neither: not a Proxmox VE node
 
 
+# A template pve-manager itself ships since named templates exist (8.2.3): the sign the node's
+# PVE::Notify takes template names (pvepstore's package puts its own copies beside it, so the
+# directory alone says nothing).
+VENDOR_SIGN = "vzdump-subject.txt.hbs"
+
+
 def route(host_root: str | os.PathLike[str] = "/") -> Route:
     root = Path(host_root)
-    if (root / NOTIFY_PM).is_file() and (root / VENDOR_TEMPLATES).is_dir():
+    if (root / NOTIFY_PM).is_file() and (root / VENDOR_TEMPLATES / VENDOR_SIGN).is_file():
         return Route.NOTIFY
     if (root / SENDMAIL).is_file():
         return Route.MAIL

@@ -30,6 +30,7 @@ def pve_node(root: Path, *, common_data: bool = True, vendor_dir: bool = True) -
     pm.write_text(text)
     if vendor_dir:  # PVE >= 8.2.3 ships its named templates here
         (root / VENDOR_TEMPLATES).mkdir(parents=True, exist_ok=True)
+        (root / VENDOR_TEMPLATES / "vzdump-subject.txt.hbs").write_text("vzdump backup status ({{fqdn}})\n")
     (root / "var/log").mkdir(parents=True, exist_ok=True)
     return root
 
@@ -69,6 +70,9 @@ def test_route_follows_what_the_node_has(tmp_path):
     sendmail(tmp_path)
     assert route(tmp_path) is Route.MAIL
     pve_node(tmp_path, vendor_dir=False)  # PVE 8.1 - 8.2.2: PVE::Notify without named templates
+    assert route(tmp_path) is Route.MAIL
+    (tmp_path / VENDOR_TEMPLATES).mkdir(parents=True)  # only pvepstore's packaged copies: still 8.2.2
+    (tmp_path / VENDOR_TEMPLATES / TEMPLATE_FILES[0]).write_text("x\n")
     assert route(tmp_path) is Route.MAIL
     pve_node(tmp_path)
     assert route(tmp_path) is Route.NOTIFY
