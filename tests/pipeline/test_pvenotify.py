@@ -16,6 +16,7 @@ from pvepstore.pipeline.pvenotify import (OVERRIDE_TEMPLATES, TEMPLATE_FILES, VE
                                           Route, body_text, route, subject_line, template_data, template_text)
 from pvepstore.pipeline.sinks import SinkOrigin, build_sinks, configured_sinks
 from tests.conftest import run_cli
+from tests.pipeline.test_sweep_fakepve import stopped_vm_with_oopses  # noqa: F401 (a fixture)
 
 STANDIN = Path(__file__).resolve().parents[1] / "fakepve" / "perl" / "PVE" / "Notify.pm"
 
@@ -232,3 +233,17 @@ def test_notify_test_sends_one_valid_test_event_to_every_sink_and_says_what_each
     assert not prom.exists() and not (fakepve.state_dir / "outbox").exists()
     r = run_cli("--config", str(fakepve.config_file(sinks=[])), "notify-test")
     assert r.status == 4 and "no sinks to test (sinks: [] in the config)" in r.stderr
+
+
+def test_a_sweep_on_a_pve_node_with_no_sinks_configured_notifies_through_pve(stopped_vm_with_oopses):  # noqa: F811
+    fake, vol, fx = stopped_vm_with_oopses
+    root = pve_node(Path(fake.host_root))
+    config = fake.config_file()
+    assert "sinks" not in fake.config_data()
+    r = run_cli("--config", str(config), "sweep", "--json")
+    assert r.status == 0, r.stderr
+    assert r.json["delivery"] == {"delivered": 1, "failed": {}, "deferred": [], "pending": 0}
+    [call] = calls(root)
+    assert (call["severity"], call["fields"]["vmid"], call["fields"]["verdict"]) == ("error", "101", "kernel_oops")
+    assert run_cli("--config", str(config), "sweep", "--json").json["vms"][0]["status"] == "nothing"
+    assert len(calls(root)) == 1  # once
