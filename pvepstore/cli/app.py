@@ -81,6 +81,12 @@ def main(args: Sequence[str] | None = None, env: Environment | None = None) -> E
         return ExitStatus.CTRL_C
     except BrokenPipeError:
         return ExitStatus.SUCCESS  # `pvepstore parse ... | head` is fine
+    except SystemExit as exc:
+        # click turns a write into a closed pipe (EPIPE) into sys.exit(1) after wrapping the streams
+        # in its PacifyFlushWrapper: the reader left early, which is not pvepstore's failure
+        if type(sys.stdout).__name__ == "PacifyFlushWrapper":
+            return ExitStatus.SUCCESS
+        raise
     except Exception as exc:
         # Click's usage errors (typer may vendor its own click: match the API, not the class).
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):

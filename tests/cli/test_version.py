@@ -37,3 +37,11 @@ def test_the_installed_command_prints_it():
     out = subprocess.run([sys.executable, "-m", "pvepstore", "--version"], capture_output=True, text=True,
                          check=True).stdout
     assert out == f"pvepstore {pvepstore.__version__}\n"
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    # `pvepstore parse --sample | head -1`: the pipe closes before pvepstore has written (`true`
+    # reads nothing and has exited long before pvepstore's first write)
+    res = subprocess.run(f"{sys.executable} -m pvepstore parse --sample | true; echo \"${{PIPESTATUS[0]}}\"",
+                         shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=60)
+    assert res.stdout == "0\n" and res.stderr == "", res.stderr
