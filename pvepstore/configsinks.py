@@ -29,7 +29,8 @@ SINK_KEYS: dict[str, dict[str, Spec]] = {
     "alertmanager": {**_HTTP, "resolve_after": Spec(Kind.SECONDS, hi=365 * DAY)},
     "journald": {"name": _NAME, "socket_path": Spec(Kind.PATH), "syslog_path": Spec(Kind.PATH)},
     "textfile": {"path": Spec(Kind.PATH), "name": _NAME},
-    "pve-notify": {"name": _NAME, "timeout": Spec(Kind.SECONDS, hi=3600)},
+    "pve-notify": {"name": _NAME, "timeout": Spec(Kind.SECONDS, hi=3600),
+                   "min_severity": Spec(Kind.CHOICE, choices=("info", "warning", "error", "critical"))},
 }
 REQUIRED = {"webhook": ("url",), "alertmanager": ("url",), "journald": (), "textfile": ("path",), "pve-notify": ()}
 # Keys of the configuration that are not constructor arguments of the sink class.

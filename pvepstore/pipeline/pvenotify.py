@@ -70,6 +70,7 @@ print "sent\n";
 
 # The verdict's severity -> proxmox-notify's (info, notice, warning, error, unknown).
 SEVERITY = {"critical": "error", "error": "error", "warning": "warning", "info": "info"}
+SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2, "critical": 3}
 
 
 class Route(str, Enum):
@@ -136,12 +137,25 @@ class PveNotifySink:
 
     name: str = "pve-notify"
     timeout: float = 30.0
+    # Incidents below this verdict severity are archived, not sent: an orderly reboot or a host stop
+    # of every VM would otherwise reach root's mailbox through PVE's default matcher (mode all).
+    min_severity: str = "warning"
     # The host root of the configuration (``host_root``), not a key of the sink: the node's files
     # are read under it, so a test can stand a PVE::Notify module and a sendmail in.
     host_root: str = field(default="/", repr=False)
     INJECTED = frozenset({"host_root"})  # fields build_sinks fills from the top-level configuration
 
+    def wants(self, event: dict) -> bool:
+        severity = ((event.get("data") or {}).get("verdict") or {}).get("severity", "warning")
+        return SEVERITY_RANK.get(severity, 1) >= SEVERITY_RANK[self.min_severity]
+
     def send(self, event: dict) -> None:
+        """The outbox's call: an incident below ``min_severity`` counts as delivered, unsent."""
+        if self.wants(event):
+            self.deliver(event)
+
+    def deliver(self, event: dict) -> None:
+        """Send whatever the severity (``notify-test`` calls this)."""
         how = route(self.host_root)
         if how is Route.NOTIFY:
             self.ensure_templates()

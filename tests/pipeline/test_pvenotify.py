@@ -247,3 +247,21 @@ def test_a_sweep_on_a_pve_node_with_no_sinks_configured_notifies_through_pve(sto
     assert (call["severity"], call["fields"]["vmid"], call["fields"]["verdict"]) == ("error", "101", "kernel_oops")
     assert run_cli("--config", str(config), "sweep", "--json").json["vms"][0]["status"] == "nothing"
     assert len(calls(root)) == 1  # once
+
+
+def test_incidents_below_min_severity_are_archived_not_sent(tmp_path, event):
+    root = pve_node(tmp_path)
+    orderly = json.loads(json.dumps(event))
+    orderly["data"]["verdict"].update(kind="orderly_reboot", severity="info")
+    box = Outbox(tmp_path / "outbox")
+    assert box.enqueue(orderly, ["pve-notify"])
+    assert box.deliver([PveNotifySink(host_root=str(root))]).pending == 0 and calls(root) == []
+    PveNotifySink(host_root=str(root), min_severity="info").send(orderly)
+    assert [c["severity"] for c in calls(root)] == ["info"]
+    # notify-test goes past the filter (its event is info)
+    from pvepstore.pipeline.sinktest import test_event, test_sinks
+
+    [answer] = test_sinks([PveNotifySink(host_root=str(root))], test_event("pve1"))
+    assert answer.ok and len(calls(root)) == 2
+    [s] = build_sinks([{"type": "pve-notify", "min_severity": "error"}], host_root=str(root))
+    assert not s.wants(event | {"data": {**event["data"], "verdict": {"severity": "warning"}}})
